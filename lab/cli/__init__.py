@@ -1,0 +1,68 @@
+"""The ``lab`` command: errors print as one line (a traceback only with ``--debug``)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from lab.cli import pair
+from lab.errors import LabError
+
+__all__ = ["app", "main", "run"]
+
+app = typer.Typer(
+    name="lab",
+    help="Steerlab: which components of a fine-tuned model stopped predicting and started "
+    "steering?",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads (default: cores - 1)."),
+) -> None:
+    from lab.runtime import configure_threads
+
+    configure_threads(threads)
+
+
+app.command("info")(pair.info)
+app.command("demo")(pair.demo)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return its exit status (for tests and scripts)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("Aborted.", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if "--debug" in argv:
+            raise
+        if isinstance(e, LabError):
+            print(f"error: {e}", file=sys.stderr)
+        else:
+            print(
+                f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                file=sys.stderr,
+            )
+        return 1
+    return 0
+
+
+def main() -> None:
+    """The console script's entry point."""
+    sys.exit(run())

@@ -1,0 +1,3 @@
+"""Steerlab's analyses: linear probes, activation patching, attribution, classification."""
+
+__all__: list[str] = []
