@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lab.checkpoints import Checkpoint, resolve_checkpoint
 from lab.errors import LabError
+from lab.memory import check_fits, count_parameters
 from lab.runtime import default_device, resolve_dtype
 from lab.types import Tokens
 
@@ -230,6 +231,10 @@ def load_pair(
         for role, c in ckpts.items()
     }
     check_tokenizers(tokenizers["base"], tokenizers["tuned"])
+    if device_map is None:
+        sizes = [count_parameters(c.location) for c in ckpts.values() if c.is_local]
+        if sizes and None not in sizes:
+            check_fits(max(sizes), dtype, device)
     models = {
         role: _boot(c, tokenizers["base"], device, dtype, device_map, trust_remote_code)
         for role, c in ckpts.items()

@@ -14,7 +14,7 @@ import torch
 
 from lab.models import ModelPair
 
-__all__ = ["pair_summary", "weight_change"]
+__all__ = ["pair_summary", "unique_parameters", "weight_change"]
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -26,13 +26,24 @@ def _group(name: str) -> str:
     return "embed" if ("embed" in name or "wte" in name or "wpe" in name) else "other"
 
 
+def unique_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters by name, one per storage: the bridge adds views (q, k, v of a fused qkv) that
+    share their storage with the original; keep the largest, which covers the whole storage."""
+    best: dict[int, tuple[str, torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        key = p.untyped_storage().data_ptr()
+        if key not in best or p.numel() > best[key][1].numel():
+            best[key] = (name, p)
+    return dict(best.values())
+
+
 @torch.no_grad()
 def weight_change(pair: ModelPair) -> dict[str, float]:
     """Relative weight change per group (block, ``embed``, ``other``), in model order."""
     tuned = dict(pair.tuned.original_model.named_parameters())
     diff: dict[str, float] = {}
     norm: dict[str, float] = {}
-    for name, w in pair.base.original_model.named_parameters():
+    for name, w in unique_parameters(pair.base.original_model).items():
         g = _group(name)
         d = (tuned[name].float() - w.float()).pow(2).sum().item()
         diff[g] = diff.get(g, 0.0) + d
@@ -50,7 +61,7 @@ def pair_summary(pair: ModelPair) -> dict[str, Any]:
         "device": str(pair.device),
         "dtype": str(pair.dtype).removeprefix("torch."),
         "processing": "compatibility mode" if pair.compat else "raw HF weights",
-        "n_params": sum(p.numel() for p in pair.base.original_model.parameters()),
+        "n_params": sum(p.numel() for p in unique_parameters(pair.base.original_model).values()),
         "n_hook_points": len(pair.base.hook_dict),
         "weights_differ": any(v > 0 for v in change.values()),
         "relative_weight_change": change,

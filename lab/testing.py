@@ -24,7 +24,8 @@ __all__ = [
     "make_tokenizer",
 ]
 
-SPECIALS = ("<bos>", "<eos>", "<pad>", "<unk>")
+SPECIALS = ("<bos>", "<eos>", "<pad>", "<unk>")  # ids 0-3, in this order
+_IDS = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ def _gpt2(s: TinySpec) -> PretrainedConfig:
         n_layer=s.n_layers,
         n_head=s.n_heads,
         n_inner=s.d_mlp,
+        **_IDS,
     )
 
 
@@ -66,6 +68,7 @@ def _decoder(model_type: str, **extra) -> Callable[[TinySpec], PretrainedConfig]
             num_attention_heads=s.n_heads,
             num_key_value_heads=s.n_kv_heads or s.n_heads,
             max_position_embeddings=s.n_ctx,
+            **_IDS,
             **extra,
         )
 
@@ -81,6 +84,7 @@ def _neox(s: TinySpec) -> PretrainedConfig:
         num_hidden_layers=s.n_layers,
         num_attention_heads=s.n_heads,
         max_position_embeddings=s.n_ctx,
+        **_IDS,
     )
 
 
@@ -159,9 +163,7 @@ def make_checkpoint(
         raise ValueError(f"Unknown architecture {spec.arch!r}; known: {', '.join(ARCHITECTURES)}")
     tokenizer = make_tokenizer(spec.vocab_size)
     config = ARCHITECTURES[spec.arch](spec)
-    config.bos_token_id = tokenizer.bos_token_id
-    config.eos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (0, 1, 2)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     if perturb:

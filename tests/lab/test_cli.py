@@ -38,3 +38,11 @@ def test_errors_are_one_line_with_nonzero_status(pair_dirs, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: No folder at") and "Traceback" not in err
     assert len(err.splitlines()) == 1
+
+
+def test_info_counts_parameters_like_the_checkpoint(pair_dirs, capsys):
+    from lab.memory import count_parameters
+
+    base, tuned = pair_dirs("gpt2")
+    assert run(["info", str(base), str(tuned), "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_params"] == count_parameters(base)

@@ -106,3 +106,14 @@ def test_refuses_missing_folder_and_unreachable_hub(pair_dirs):
 def test_refuses_a_folder_without_config(tmp_path, pair_dirs):
     (tmp_path / "empty").mkdir()
     _refused("not a checkpoint folder", pair_dirs("gpt2")[0], tmp_path / "empty")
+
+
+def test_refuses_a_pair_too_large_for_memory(pair_dirs, monkeypatch):
+    import lab.memory
+
+    base, tuned = pair_dirs("gpt2")
+    n = lab.memory.count_parameters(base)
+    hf = AutoModelForCausalLM.from_pretrained(base)
+    assert n == sum(p.numel() for p in hf.parameters())
+    monkeypatch.setattr(lab.memory, "available_memory", lambda device: 1000)
+    _refused("needs about .* GiB on cpu .* only 0.0 GiB is free.*bfloat16", base, tuned)
