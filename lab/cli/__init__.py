@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from lab.cli import pair
+from lab.cli import calibrate, pair
 from lab.errors import LabError
 
 __all__ = ["app", "main", "run"]
@@ -34,6 +34,7 @@ def _root(
 
 app.command("info")(pair.info)
 app.command("demo")(pair.demo)
+app.command("calibrate")(calibrate.calibrate)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -1,0 +1,111 @@
+"""Outcomes as token sequences, honestly: which spellings count, and which outcomes are refused.
+
+An outcome counts as written, with its first letter upper-cased (``merge_case``) and each of those
+with a leading space (``leading_space``): "7" and " 7", "heads" and " Heads" are one outcome,
+whose probability is the sum over its distinct token sequences (two spellings that tokenize alike
+count once). A spelling is tokenized together with its prompt, as the model would read it (if
+the spelling merges with the prompt's last token, it is tokenized alone after the prompt); only
+canonical tokenizations count. Refused, each with a ``LabError`` that names the record:
+
+- a spelling the tokenizer cannot represent: no tokens, the unknown token, or tokens that decode
+  to something else (a tokenizer without byte fallback, or one that normalises case);
+- two outcomes that tokenize alike;
+- an outcome whose tokens begin another outcome's (its probability would contain the other's).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lab.errors import LabError
+from lab.prompts import PromptRecord
+
+__all__ = ["Ids", "outcome_sequences", "spellings"]
+
+Ids = tuple[int, ...]  # token ids of one sequence
+
+
+def spellings(outcome: str, *, merge_case: bool = True, leading_space: bool = True) -> list[str]:
+    """The strings counted as ``outcome``, without repeats."""
+    forms = [outcome]
+    if merge_case and outcome[:1]:
+        forms.append(outcome[0].upper() + outcome[1:])
+    if leading_space:
+        forms += [" " + f for f in forms]
+    return list(dict.fromkeys(forms))
+
+
+def _encode(model: Any, text: str, templated: bool) -> list[int]:
+    """Token ids of ``text``: a rendered chat text carries its own special tokens; plain text
+    gets the model's own BOS convention (``to_tokens``)."""
+    if templated:
+        return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return model.to_tokens(text, move_to_device=False, truncate=False)[0].tolist()
+
+
+def outcome_sequences(
+    model: Any,
+    prompt_text: str,
+    rec: PromptRecord,
+    templated: bool = False,
+    *,
+    merge_case: bool = True,
+    leading_space: bool = True,
+) -> tuple[Ids, tuple[tuple[Ids, ...], ...]]:
+    """(prompt ids, per outcome its distinct continuation ids), checked as the module says.
+
+    ``model`` needs ``tokenizer`` and ``to_tokens`` (a TransformerBridge); ``templated`` texts
+    carry their own special tokens, plain ones get the model's BOS convention.
+    """
+    tok = model.tokenizer
+    prompt = _encode(model, prompt_text, templated)
+    before = tok.decode(prompt, clean_up_tokenization_spaces=False)
+    seen: dict[Ids, str] = {}
+    outcomes = []
+    for outcome in rec.outcomes:
+        seqs: list[Ids] = []
+        for s in spellings(outcome, merge_case=merge_case, leading_space=leading_space):
+            joint = _encode(model, prompt_text + s, templated)
+            if joint[: len(prompt)] == prompt:
+                cont = tuple(joint[len(prompt) :])
+            else:  # the spelling merged with the prompt's last token: tokenize it alone
+                cont = tuple(tok(s, add_special_tokens=False)["input_ids"])
+            after = tok.decode(list(prompt) + list(cont), clean_up_tokenization_spaces=False)
+            if not cont or tok.unk_token_id in cont or after != before + s:
+                why = (
+                    "it has no tokens"
+                    if not cont
+                    else "it maps to the unknown token"
+                    if tok.unk_token_id in cont
+                    else f"its tokens decode as {after[len(before) :]!r}"
+                )
+                raise LabError(
+                    f"Record {rec.id!r}: the tokenizer cannot represent the outcome {s!r} ({why}). "
+                    "Remove the outcome from the prompt set, or use a tokenizer that spells it."
+                )
+            if seen.get(cont, outcome) != outcome:
+                raise LabError(
+                    f"Record {rec.id!r}: outcomes {seen[cont]!r} and {outcome!r} tokenize alike "
+                    f"({s!r}); make the outcomes distinct (or turn off merge_case)."
+                )
+            seen[cont] = outcome
+            if cont not in seqs:
+                seqs.append(cont)
+        outcomes.append(tuple(seqs))
+    _check_prefix_free(rec, outcomes)
+    return tuple(prompt), tuple(outcomes)
+
+
+def _check_prefix_free(rec: PromptRecord, outcomes: list[tuple[Ids, ...]]) -> None:
+    owner = {
+        seq[:k]: i for i, seqs in enumerate(outcomes) for seq in seqs for k in range(1, len(seq))
+    }
+    for i, seqs in enumerate(outcomes):
+        for seq in seqs:
+            j = owner.get(seq, i)
+            if j != i:
+                raise LabError(
+                    f"Record {rec.id!r}: the outcome {rec.outcomes[i]!r} is a prefix of "
+                    f"{rec.outcomes[j]!r} in tokens, so its probability would contain the other's. "
+                    "Use outcomes of which none begins another (e.g. numbers of one length)."
+                )

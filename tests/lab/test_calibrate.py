@@ -1,0 +1,285 @@
+"""Calibration scoring equals a hand computation from the models' own logits; bad inputs are clear
+errors; ``lab calibrate`` prints a table, JSON, a plot and a results file."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from matplotlib.figure import Figure
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from lab.calibrate import (
+    CalibrationConfig,
+    calibrate,
+    expected_calibration_error,
+    outcome_scores,
+    sequence_logprobs,
+)
+from lab.calibrate_report import format_summary, plot_calibration, summarize
+from lab.cli import run
+from lab.errors import LabError
+from lab.models import load_pair
+from lab.outcomes import outcome_sequences
+from lab.prompts import PromptRecord
+from lab.testing import TEST_SPECS, make_pair, make_tokenizer
+
+TEMPLATE = (
+    "{% for m in messages %}<bos>User: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+RECORDS = [
+    # single-token digits, an answer (control), multi-token words, a non-uniform truth
+    {"id": "sum", "text": "2 + 2 =", "kind": "control", "outcomes": ["3", "4", "5"],
+     "probs": [0, 1, 0], "answer": "4"},
+    {"id": "coin", "text": "I flipped a coin and it landed on", "kind": "coin",
+     "outcomes": ["heads", "tails"], "probs": [0.5, 0.5]},
+    {"id": "odd", "text": "Pick a word:", "kind": "choice", "outcomes": ["zebra", "quokka", "yes"],
+     "probs": [0.2, 0.3, 0.5]},
+    {"id": "chatty", "text": "Flip a coin.", "kind": "coin", "chat": True,
+     "outcomes": ["heads", "tails"], "probs": [0.5, 0.5]},
+]  # fmt: skip
+
+
+def _set(tmp_path, rows, name="mine.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pair(pair_dirs):
+    base, tuned = pair_dirs("gpt2")
+    return load_pair(base, tuned, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def chat_pair(tmp_path_factory):
+    """A llama-shaped pair whose tuned tokenizer has a chat template (its base has none)."""
+    base, tuned = make_pair(tmp_path_factory.mktemp("chat"), TEST_SPECS["llama"])
+    cfg_path = tuned / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "chat_template": TEMPLATE}))
+    return load_pair(base, tuned, device="cpu")
+
+
+def _hand_log_p(model, prompt_text: str, outcome: str, templated=False) -> float:
+    """log P(outcome) by hand: every spelling run alone through the HF model, token by token."""
+    tok = model.tokenizer
+
+    def ids(text):
+        if templated:
+            return tok(text, add_special_tokens=False)["input_ids"]
+        return model.to_tokens(text)[0].tolist()
+
+    prompt = ids(prompt_text)
+    seqs = set()
+    for s in {outcome, outcome[0].upper() + outcome[1:], " " + outcome, " " + outcome.title()}:
+        seqs.add(tuple(ids(prompt_text + s)[len(prompt) :]))
+    total = 0.0
+    for cont in seqs:
+        full = torch.tensor([prompt + list(cont)])
+        with torch.no_grad():
+            logits = model.original_model(full).logits[0]  # the HF model itself, unbatched
+        lp = sum(logits[len(prompt) - 1 + j].log_softmax(-1)[t].item() for j, t in enumerate(cont))
+        total += math.exp(lp)
+    return math.log(total)
+
+
+def test_scores_equal_a_hand_computation_from_the_logits(pair, tmp_path):
+    res = calibrate(pair, [_set(tmp_path, RECORDS[:3])], CalibrationConfig(batch_tokens=64))
+    assert len(res) == 6 and set(res["model"]) == {"base", "tuned"}
+    for row in res.itertuples():
+        rec = next(r for r in RECORDS if r["id"] == row.id)
+        model = pair.models[row.model]
+        log_p = [_hand_log_p(model, rec["text"], o) for o in rec["outcomes"]]
+        p_out = [math.exp(v) for v in log_p]
+        mass = sum(p_out)
+        q = [v / mass for v in p_out]
+        true = rec["probs"]
+        kl = sum(t * math.log(t / m) for t, m in zip(true, q, strict=True) if t > 0)
+        assert row.mass == pytest.approx(mass, rel=1e-4)
+        assert row.probs == pytest.approx(q, rel=1e-4)
+        assert row.kl == pytest.approx(kl, rel=1e-4, abs=1e-6)
+        assert row.entropy == pytest.approx(-sum(v * math.log(v) for v in q), rel=1e-4)
+        assert row.true_entropy == pytest.approx(-sum(t * math.log(t) for t in true if t > 0))
+        assert row.top_share == pytest.approx(max(q), rel=1e-4)
+        assert row.top_outcome == rec["outcomes"][q.index(max(q))]
+        if rec.get("answer"):
+            assert row.confidence == row.top_share and row.correct == (row.top_outcome == "4")
+    assert res.attrs["n_records"] == 3 and res.attrs["template_source"] is None
+
+
+def test_multi_token_outcomes_need_several_tokens(pair):
+    rec = PromptRecord("r", "Pick a word:", outcomes=("zebra", "yes"), probs=(0.5, 0.5))
+    _, outcomes = outcome_sequences(pair.base, rec.text, rec)
+    assert max(len(c) for c in outcomes[0]) > 1  # "zebra" is several tokens
+    assert len(outcomes[1]) == 4  # yes, Yes, " yes", " Yes": distinct token sequences
+    off = outcome_sequences(pair.base, rec.text, rec, merge_case=False, leading_space=False)
+    assert len(off[1][1]) == 1
+
+
+def test_batching_does_not_change_log_probs(pair):
+    prompts = [tuple(pair.to_tokens(t)[0].tolist()) for t in ("a b", "the coin landed", "x")]
+    conts = [(70, 71, 72), (5,), (9, 9)]
+    one = sequence_logprobs(pair.base, prompts, conts, batch_tokens=1)
+    many = sequence_logprobs(pair.base, prompts, conts, batch_tokens=10_000)
+    assert torch.allclose(one, many, atol=1e-5)
+    with torch.no_grad():
+        logits = pair.base.original_model(torch.tensor([prompts[0] + (70, 71)])).logits[0]
+    lp = logits.log_softmax(-1)
+    n = len(prompts[0])
+    expected = lp[n - 1, 70] + lp[n, 71] + lp[n + 1, 72]
+    assert one[0].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_outcome_scores_and_ece_by_hand():
+    sc = outcome_scores(torch.log(torch.tensor([0.1, 0.3])), torch.tensor([0.5, 0.5]))
+    assert sc["mass"] == pytest.approx(0.4)
+    assert sc["kl"] == pytest.approx(0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75))
+    assert sc["top_share"] == pytest.approx(0.75) and sc["top"] == 1
+    conf = torch.tensor([0.95, 0.95, 0.5, 0.52, 1.0])
+    hit = torch.tensor([True, False, True, True, True])
+    # bins of width 1/15: {0.95, 0.95, 1.0} share the last bin, {0.5, 0.52} bin 7
+    expected = 3 / 5 * abs(2 / 3 - (0.95 + 0.95 + 1.0) / 3) + 2 / 5 * abs(1 - 0.51)
+    assert expected_calibration_error(conf, hit, 15) == pytest.approx(expected)
+    assert math.isnan(expected_calibration_error(torch.tensor([]), torch.tensor([], dtype=bool)))
+
+
+def test_summary_and_plot_are_functions_of_the_rows(pair, tmp_path):
+    res = calibrate(pair, [_set(tmp_path, RECORDS[:3])])
+    summary = summarize(res)
+    allrow = summary[(summary["kind"] == "all") & (summary["model"] == "base")].iloc[0]
+    base = res[res["model"] == "base"]
+    assert allrow["n"] == 3 and allrow["kl"] == pytest.approx(base["kl"].mean())
+    ctl = base[base["kind"] == "control"]
+    ece = expected_calibration_error(
+        torch.tensor(ctl["confidence"].tolist()), torch.tensor(ctl["correct"].tolist()), 15
+    )
+    assert allrow["ece"] == pytest.approx(ece)
+    assert "KL(true||model)" in format_summary(summary)
+    assert isinstance(plot_calibration(res), Figure)
+
+
+def test_chat_template_of_the_tuned_model_is_used_and_recorded(chat_pair, tmp_path):
+    path = _set(tmp_path, RECORDS[1:])
+    res = calibrate(chat_pair, [path])
+    assert res.attrs["template_source"] == "tuned"
+    flags = dict(zip(res["id"], res["chat_template"], strict=False))
+    assert flags == {"coin": False, "odd": False, "chatty": True}
+    row = res[(res["id"] == "chatty") & (res["model"] == "tuned")].iloc[0]
+    text = "<bos>User: Flip a coin.\nAssistant:"
+    log_p = [_hand_log_p(chat_pair.tuned, text, o, templated=True) for o in ("heads", "tails")]
+    q = torch.tensor(log_p).softmax(0).tolist()
+    assert row["probs"] == pytest.approx(q, rel=1e-4)
+    plain = calibrate(chat_pair, [path + ":plain"])
+    assert not plain["chat_template"].any() and plain.attrs["template_source"] is None
+    assert calibrate(chat_pair, [path + ":chat"])["chat_template"].all()
+
+
+def test_no_chat_template_is_a_clear_error(pair, tmp_path):
+    with pytest.raises(LabError, match="asks for a chat template"):
+        calibrate(pair, [_set(tmp_path, RECORDS)])
+    assert calibrate(pair, [_set(tmp_path, RECORDS) + ":plain"])["chat_template"].sum() == 0
+
+
+def _word_level():
+    """A tokenizer without byte fallback: unknown words map to <unk>."""
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "flip": 1, "heads": 2, "tails": 3}, "<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def _lowercasing():
+    """A byte-level tokenizer that lowercases: "Heads" comes back as "heads"."""
+    tok = make_tokenizer()
+    tok.backend_tokenizer.normalizer = normalizers.Lowercase()
+    return tok
+
+
+class _Stub:
+    """Just enough of a model for tokenization: a tokenizer and ``to_tokens``."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def to_tokens(self, text, **_):
+        return torch.tensor([self.tokenizer(text)["input_ids"]])
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "outcomes", "message"),
+    [
+        (_word_level(), ("coin", "heads"), "'coin' .it maps to the unknown"),
+        (_lowercasing(), ("heads", "tails"), "'Heads' .its tokens decode as"),
+    ],
+)
+def test_outcomes_the_tokenizer_cannot_represent(tokenizer, outcomes, message):
+    rec = PromptRecord("r", "flip", outcomes=outcomes, probs=(0.5, 0.5))
+    with pytest.raises(LabError, match=message) as e:
+        outcome_sequences(_Stub(tokenizer), "flip", rec)
+    assert "Record 'r'" in str(e.value) and "cannot represent" in str(e.value)
+
+
+def test_empty_and_ambiguous_outcomes(pair, tmp_path):
+    empty = {"id": "e", "text": "Pick:", "outcomes": ["", "a"], "probs": [0.5, 0.5]}
+    with pytest.raises(LabError, match="cannot represent the outcome '' \\(it has no tokens\\)"):
+        calibrate(pair, [_set(tmp_path, [empty])])
+    prefix = {"id": "p", "text": "Pick:", "outcomes": ["xq", "xqz"], "probs": [0.5, 0.5]}
+    with pytest.raises(LabError, match="'xq' is a prefix of 'xqz' in tokens"):
+        calibrate(pair, [_set(tmp_path, [prefix])])
+    with pytest.raises(LabError, match="no calibration records"):
+        calibrate(pair, ["steering"])
+
+
+def test_cli_table_json_plot_and_results(pair_dirs, tmp_path, capsys):
+    base, tuned = pair_dirs("gpt2")
+    path = _set(tmp_path, RECORDS[:3])
+    out, plot = tmp_path / "res" / "calibration.parquet", tmp_path / "calibration.png"
+    args = ["calibrate", str(base), str(tuned), "--device", "cpu", "-p", path]
+    assert run([*args, "--plot", str(plot), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "KL(true||model)" in text and "control" in text and "3 records" in text
+    assert plot.stat().st_size > 10_000 and out.exists()
+    assert run([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["run"]["n_records"] == 3 and report["run"]["template_source"] is None
+    kinds = {(r["kind"], r["model"]) for r in report["summary"]}
+    assert ("all", "tuned") in kinds and ("control", "base") in kinds
+    saved = summarize(pd.read_parquet(out))  # the results file alone rebuilds the summary
+    assert saved["kl"].tolist() == pytest.approx([r["kl"] for r in report["summary"]])
+
+
+def test_cli_default_sets_and_one_line_errors(pair_dirs, capsys):
+    base, tuned = pair_dirs("gpt2")
+    assert run(["calibrate", str(base), str(tuned), "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run"]["sets"] == ["calibration"]
+    assert (
+        run(["calibrate", str(base), str(tuned), "--device", "cpu", "-p", "calibration_chat"]) == 1
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after any loading progress bars
+    assert err.startswith("error: The prompt set 'calibration_chat' asks for a chat template")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "olmo2", "gemma2", "gpt_neox"])
+def test_hand_computation_on_every_architecture(pair_dirs, arch, tmp_path):
+    """BOS conventions differ (qwen2 and gpt_neox read none): scores still match by hand."""
+    arch_pair = load_pair(*pair_dirs(arch), device="cpu")
+    rec = RECORDS[2]
+    res = calibrate(arch_pair, [_set(tmp_path, [rec])])
+    for row in res.itertuples():
+        model = arch_pair.models[row.model]
+        log_p = [_hand_log_p(model, rec["text"], o) for o in rec["outcomes"]]
+        assert row.probs == pytest.approx(torch.tensor(log_p).softmax(0).tolist(), rel=1e-4)
+        assert row.mass == pytest.approx(sum(math.exp(v) for v in log_p), rel=1e-4)
+
+
+def test_too_long_for_the_context_is_a_clear_error(pair, tmp_path):
+    long = {"text": "heads " * 200, "outcomes": ["a", "b"], "probs": [0.5, 0.5]}
+    with pytest.raises(LabError, match="the models read 128"):
+        calibrate(pair, [_set(tmp_path, [long])])
