@@ -13,6 +13,8 @@ applies compatibility mode to both models, for HookedTransformer-equivalent nume
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,15 +160,30 @@ def check_tokenizers(base: Any, tuned: Any, text: str = PROBE_TEXT) -> None:
         )
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-checkpoint "Loading weights" bars (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def _hf_model(ckpt: Checkpoint, dtype: torch.dtype, kw: dict[str, Any]) -> Any:
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            ckpt.location,
-            dtype=dtype,
-            use_safetensors=ckpt.use_safetensors,
-            attn_implementation="eager",
-            **kw,
-        )
+        with _quiet_loading():
+            return AutoModelForCausalLM.from_pretrained(
+                ckpt.location,
+                dtype=dtype,
+                use_safetensors=ckpt.use_safetensors,
+                attn_implementation="eager",
+                **kw,
+            )
     except OSError as e:
         if ckpt.use_safetensors and "safetensors" in str(e).lower():
             raise LabError(

@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from lab.cli import calibrate, pair
+from lab.cli import cache, calibrate, pair, runs
 from lab.errors import LabError
 
 __all__ = ["app", "main", "run"]
@@ -33,8 +33,12 @@ def _root(
 
 
 app.command("info")(pair.info)
-app.command("demo")(pair.demo)
+app.command("demo")(runs.demo)
+app.command("sweep")(runs.sweep)
+app.command("report")(runs.report)
 app.command("calibrate")(calibrate.calibrate)
+app.command("cache")(cache.cache)
+app.add_typer(cache.store_app, name="store")
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""``lab info`` and ``lab demo``: load a pair and show what it is."""
+"""``lab info``: load a pair and show what it is."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import typer
 
-__all__ = ["demo", "info", "print_summary"]
+__all__ = ["info", "print_summary"]
 
 
 def print_summary(summary: dict) -> None:
@@ -43,13 +43,3 @@ def info(
         typer.echo(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
-
-
-def demo() -> None:
-    """The main job on the shipped organism pair (at this stage: load it and summarise it)."""
-    from lab.models import load_pair
-    from lab.summary import pair_summary
-
-    pair = load_pair("organism")
-    typer.echo(repr(pair))
-    print_summary(pair_summary(pair))

@@ -1,0 +1,329 @@
+"""Paired activation caching: base and tuned on the same batches, streamed to an on-disk store.
+
+For each batch, both models run with forward hooks on the requested hook points (added in a
+context manager, always removed). Each hook gathers the kept rows (real, selected tokens) on the
+device, casts them to the storage dtype and copies them into a host buffer (pinned on CUDA,
+asynchronous); after the last requested hook it raises a private exception, so nothing after it
+runs (no final norm or unembedding unless asked for). A writer thread turns filled buffers into
+shards while the next batch computes. A fixed pool of buffers bounds memory: when the disk falls
+behind, compute waits for a free buffer, so memory depends on the batch, never on the dataset.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import queue
+import shutil
+import threading
+from collections.abc import Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lab.datasets import Batch, Dataset, Padding
+from lab.errors import LabError
+from lab.hooks import HookPlan, plan_hooks
+from lab.runtime import resolve_dtype
+from lab.shards import write_shard
+from lab.store import (
+    FORMAT,
+    ActivationStore,
+    complete_shards,
+    identity_diff,
+    read_manifest,
+    shard_path,
+    write_manifest,
+)
+
+__all__ = ["cache_pair"]
+
+_PACKAGES = ("torch", "transformers", "transformer-lens", "safetensors", "steerlab")
+
+
+class _Stop(Exception):
+    """Raised by the last requested hook: the rest of the forward is not needed."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int  # shard index (= batch index)
+    slot: dict[str, Tensor]  # host buffers "model/hook" -> [max_rows, ...]
+    rows: int  # rows filled in each buffer
+    extra: dict[str, Tensor]  # seq, pos and targets of the rows (CPU)
+    done: Any  # CUDA event to wait on before reading the buffers, or None
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _fingerprint(model: Any) -> str:
+    """A cheap hash of the weights: the first and last values of every parameter."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        edge = torch.cat([flat[:8], flat[-8:]]).float().cpu()
+        h.update(name.encode() + edge.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _manifest(pair, dataset: Dataset, plan: HookPlan, dtype, batch_size, padding_side) -> dict:
+    example = dataset.batch(0, 1)
+    targets = {
+        k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape[1:])}
+        for k, t in example.targets.items()
+    }
+    return {
+        "format": FORMAT,
+        "models": {
+            role: {"source": pair.sources.get(role, role), "fingerprint": _fingerprint(m)}
+            for role, m in pair.models.items()
+        },
+        "hooks": list(plan.names),
+        "shapes": {h: list(s) for h, s in plan.shapes.items()},
+        "dtype": str(dtype).removeprefix("torch."),
+        "dataset": {
+            "name": dataset.name,
+            "hash": dataset.fingerprint(),
+            "n_sequences": len(dataset),
+            "n_tokens": dataset.n_tokens,
+        },
+        "batch_size": batch_size,
+        "padding_side": padding_side,
+        "n_shards": -(-len(dataset) // batch_size),
+        "targets": targets,
+        "pair": {"architecture": pair.cfg.architecture, "n_layers": pair.cfg.n_layers},
+        "versions": _versions(),
+        "created": _now(),
+        "complete": False,
+    }
+
+
+def _prepare(root: Path, manifest: dict, resume: bool) -> int:
+    """Create or reopen ``root``; return the first shard to write."""
+    root.mkdir(parents=True, exist_ok=True)
+    old = read_manifest(root)
+    if old is None:
+        if any(root.iterdir()):
+            raise LabError(f"{root} is not empty and holds no store; give an empty or new folder.")
+        write_manifest(root, manifest)
+        return 0
+    differ = identity_diff(old, manifest)
+    if differ:
+        raise LabError(
+            f"{root} holds a different store (it differs in {', '.join(differ)}); choose "
+            "another --out folder, or delete this one to replace it."
+        )
+    done = complete_shards(root)
+    if not resume:
+        raise LabError(
+            f"{root} already holds this store ({done} of {old['n_shards']} shards); pass "
+            "resume=True (--resume) to finish it, or choose another folder."
+        )
+    for p in root.glob(".*.tmp"):
+        p.unlink()  # half-written shards of a killed run
+    return done
+
+
+def _host_slot(plan: HookPlan, roles, max_rows: int, dtype, pin: bool) -> dict[str, Tensor]:
+    return {
+        f"{role}/{h}": torch.empty((max_rows, *plan.shapes[h]), dtype=dtype, pin_memory=pin)
+        for role in roles
+        for h in plan.names
+    }
+
+
+class _Capture:
+    """Per-batch target of the hooks: which rows to keep and the host buffers to fill."""
+
+    def __init__(self, plan: HookPlan, dtype: torch.dtype) -> None:
+        self.plan, self.dtype = plan, dtype
+        self.index: Tensor | None = None  # kept rows of the flattened (batch * pos) activation
+        self.slot: dict[str, Tensor] = {}  # "model/hook" -> host buffer of this batch
+
+    def hook(self, role: str, name: str):
+        key, last = f"{role}/{name}", name == self.plan.last
+
+        def fn(act: Any, *, hook: Any) -> Any:
+            t = (act[0] if isinstance(act, tuple) else act).detach().flatten(0, 1)
+            buf = self.slot[key][: self.index.shape[0]]
+            if t.device == buf.device and t.dtype == buf.dtype:  # CPU: gather straight in
+                torch.index_select(t, 0, self.index, out=buf)
+            else:  # gather on the device, then one (asynchronous) copy to the host
+                buf.copy_(t.index_select(0, self.index).to(self.dtype), non_blocking=True)
+            if last:
+                raise _Stop
+            return act
+
+        return fn
+
+    @contextmanager
+    def attached(self, models: dict[str, Any]):
+        """The hooks on every model for the whole run, removed on exit whatever happens."""
+        with ExitStack() as stack:
+            for role, model in models.items():
+                hooks = [(h, self.hook(role, h)) for h in self.plan.names]
+                stack.enter_context(model.hooks(fwd_hooks=hooks))
+            yield self
+
+
+class _Writer(threading.Thread):
+    """Writes queued shards in order; returns their buffers to the pool."""
+
+    def __init__(self, root: Path, pool: queue.Queue, depth: int) -> None:
+        super().__init__(name="steerlab-store-writer", daemon=True)
+        self.root, self.pool = root, pool
+        self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.written = 0
+
+    def run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                if self.error is None:
+                    if job.done is not None:
+                        job.done.synchronize()
+                    tensors = {k: v[: job.rows] for k, v in job.slot.items()} | job.extra
+                    path = shard_path(self.root, job.index)
+                    write_shard(path, tensors, {"rows": str(job.rows), "batch": str(job.index)})
+                    self.written = job.index + 1
+            except BaseException as e:  # reported by the compute loop
+                self.error = e
+            finally:
+                self.pool.put(job.slot)
+
+
+def _disk_error(e: OSError, root: Path, done: int, total: int) -> LabError:
+    what = "The disk is full" if e.errno == errno.ENOSPC else f"Writing failed ({e})"
+    return LabError(
+        f"{what} while writing shard {done} to {root}. The store keeps shards 0..{done - 1} "
+        f"of {total} and opens as is; free space and rerun with resume=True (--resume)."
+    )
+
+
+def _check_space(root: Path, dataset: Dataset, plan: HookPlan, done_seqs: int, dtype) -> None:
+    """Refuse to start when the rest of the store cannot fit on the disk."""
+    rows = int(dataset.select[done_seqs:].sum())
+    need = 2 * rows * plan.row_bytes(torch.empty((), dtype=dtype).element_size())
+    free = shutil.disk_usage(root).free
+    if need > free:
+        raise LabError(
+            f"The store needs about {need / 2**30:.2f} GiB more but {root} has "
+            f"{free / 2**30:.2f} GiB free; free space, store fewer hooks or tokens, or use "
+            "dtype='bfloat16'."
+        )
+
+
+def cache_pair(
+    pair: Any,
+    dataset: Dataset,
+    hooks: str | Sequence[str] = "resid_post",
+    *,
+    out: str | Path,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    padding_side: Padding = "right",
+    resume: bool = False,
+    progress: bool = True,
+    queue_depth: int = 2,
+) -> ActivationStore:
+    """Run base and tuned on the same batches of ``dataset`` and store ``hooks`` of both.
+
+    ``hooks``: TransformerLens names or patterns (see ``lab.hooks``). ``device``: where the
+    forwards run; it must be the pair's (load the pair there). ``dtype``: storage dtype
+    (default: the models' own; ``float16``/``bfloat16`` halve the store). ``resume``: continue
+    an interrupted run into the same ``out`` from its first missing shard. ``queue_depth``:
+    shards waiting for the disk; host memory holds ``queue_depth + 1`` batches of activations.
+    Returns the opened store.
+    """
+    have, want = pair.device, torch.device(device or pair.device)
+    if want.type != have.type or want.index not in (None, have.index):
+        raise LabError(
+            f"The pair is on {have} but device={str(want)!r} was asked; load it there "
+            f"with load_pair(..., device={str(want)!r})."
+        )
+    dtype = pair.dtype if dtype is None else resolve_dtype(dtype)
+    dataset.check_context(pair.cfg.n_ctx)
+    if len(dataset) == 0:
+        raise LabError("The dataset is empty.")
+    plan = plan_hooks(pair.base, hooks)
+    manifest = _manifest(pair, dataset, plan, dtype, batch_size, padding_side)
+    root = Path(out)
+    try:
+        first = _prepare(root, manifest, resume)
+    except OSError as e:
+        raise _disk_error(e, root, 0, manifest["n_shards"]) from e
+    total = manifest["n_shards"]
+    _check_space(root, dataset, plan, first * batch_size, dtype)
+    cuda = pair.device.type == "cuda"
+    max_rows = min(batch_size, len(dataset)) * dataset.max_len
+    pool: queue.Queue = queue.Queue()
+    for _ in range(queue_depth + 1):
+        pool.put(_host_slot(plan, pair.models, max_rows, dtype, pin=cuda))
+    writer = _Writer(root, pool, queue_depth)
+    writer.start()
+    done_tokens = int(dataset.select[: first * batch_size].sum())
+    bar = tqdm(
+        total=dataset.n_tokens,
+        initial=done_tokens,
+        unit="tok",
+        disable=not progress,
+        desc=f"caching {len(plan.names)} hooks x {len(pair.models)} models",
+    )
+    try:
+        with torch.inference_mode(), _Capture(plan, dtype).attached(pair.models) as capture:
+            for i in range(first, total):
+                batch = dataset.batch(i * batch_size, (i + 1) * batch_size, padding_side)
+                slot = pool.get()
+                if writer.error is not None:
+                    pool.put(slot)
+                    break
+                _run_batch(pair, capture, batch, slot)
+                event = torch.cuda.Event() if cuda else None
+                if event is not None:
+                    event.record()
+                extra = {"seq": batch.row_sequences(), "pos": batch.row_positions()}
+                extra |= {f"target/{k}": t.contiguous() for k, t in batch.targets.items()}
+                writer.jobs.put(_Job(i, slot, batch.n_rows, extra, event))
+                bar.update(batch.n_rows)
+    finally:
+        writer.jobs.put(None)
+        writer.join()
+        bar.close()
+    if writer.error is not None:
+        e = writer.error
+        if isinstance(e, OSError):
+            raise _disk_error(e, root, complete_shards(root), total) from e
+        raise e
+    write_manifest(root, manifest | {"complete": True, "finished": _now()})
+    return ActivationStore.open(root)
+
+
+def _run_batch(pair: Any, capture: _Capture, batch: Batch, slot: dict) -> None:
+    device = pair.device
+    tokens = batch.tokens.to(device, non_blocking=True)
+    capture.index = batch.keep.reshape(-1).nonzero().squeeze(1).to(device, non_blocking=True)
+    capture.slot = slot
+    kwargs = {k: v.to(device, non_blocking=True) for k, v in batch.forward_kwargs().items()}
+    for model in pair.models.values():
+        with suppress(_Stop):
+            model(tokens, return_type=None, **kwargs)

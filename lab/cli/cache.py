@@ -1,0 +1,105 @@
+"""``lab cache`` (collect a pair's activations into a store) and ``lab store info``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+__all__ = ["cache", "store_app", "store_info"]
+
+store_app = typer.Typer(name="store", help="Inspect activation stores.", no_args_is_help=True)
+
+
+def _jsonl(path: Path, tokenizer, seq_len: int, text_field: str):
+    from lab.datasets import Dataset
+
+    return Dataset.from_jsonl(path, tokenizer, text_field=text_field)
+
+
+def _text(path: Path, tokenizer, seq_len: int, text_field: str):
+    from lab.datasets import Dataset
+
+    return Dataset.from_text_file(path, tokenizer, seq_len=seq_len)
+
+
+# Data file suffix -> loader; anything else is read as plain text.
+LOADERS = {".jsonl": _jsonl, ".txt": _text}
+
+
+def cache(
+    base: str = typer.Argument(..., help="Base checkpoint: folder, hub id, or 'organism'."),
+    tuned: str = typer.Argument(..., help="Tuned checkpoint: folder, hub id, or 'organism'."),
+    data: Path = typer.Option(..., "--data", help="Prompts (.jsonl, one object a line) or text."),
+    hooks: str = typer.Option(
+        "resid_post", "--hooks", help="Hook names or patterns, comma-separated (resid_post, ...)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Store folder (new, or one to --resume)."),
+    batch_size: int = typer.Option(8, help="Sequences per forward (and per shard)."),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)."),
+    dtype: str = typer.Option(None, help="Model dtype: float32 (default), bfloat16, float16."),
+    store_dtype: str = typer.Option(None, help="Stored dtype (default: the model dtype)."),
+    padding_side: str = typer.Option("right", help="Pad batches on the 'right' or 'left'."),
+    seq_len: int = typer.Option(128, help="Window length for plain-text data."),
+    text_field: str = typer.Option("text", help="JSONL field holding the prompt."),
+    resume: bool = typer.Option(False, "--resume", help="Finish an interrupted store in --out."),
+    allow_pickle: bool = typer.Option(False, help="Allow pickle weights (weights_only load)."),
+) -> None:
+    """Run both models on the same batches and store the chosen hooks of both on disk."""
+    from lab.cache import cache_pair
+    from lab.models import load_pair
+
+    pair = load_pair(base, tuned, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    loader = LOADERS.get(data.suffix, _text)
+    dataset = loader(data, pair.tokenizer, seq_len, text_field)
+    store = cache_pair(
+        pair,
+        dataset,
+        hooks,
+        out=out,
+        batch_size=batch_size,
+        dtype=store_dtype,
+        padding_side=padding_side,
+        resume=resume,
+    )
+    typer.echo(repr(store))
+
+
+def _describe(store) -> dict:
+    m = store.manifest
+    return {
+        "path": str(store.root),
+        "state": "complete" if store.complete else "partial (resume to finish)",
+        "shards": f"{store.n_shards} of {m['n_shards']}",
+        "tokens": f"{store.n_tokens} of {m['dataset']['n_tokens']}",
+        "models": ", ".join(f"{r} ({v['source']})" for r, v in m["models"].items()),
+        "hooks": len(store.hooks),
+        "dtype": m["dtype"],
+        "size_mb": round(store.nbytes() / 2**20, 2),
+        "dataset": f"{m['dataset']['name']} (hash {m['dataset']['hash']}, "
+        f"{m['dataset']['n_sequences']} sequences)",
+        "targets": ", ".join(store.target_names) or "none",
+        "versions": ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+    }
+
+
+@store_app.command("info")
+def store_info(
+    path: Path = typer.Argument(..., help="Store folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest and state as JSON."),
+) -> None:
+    """What a store holds: models, hooks and shapes, tokens, dtype, completeness, versions."""
+    from lab.store import ActivationStore
+
+    store = ActivationStore.open(path)
+    if as_json:
+        state = {"complete": store.complete, "n_shards_present": store.n_shards}
+        typer.echo(json.dumps(store.manifest | state | {"n_tokens_present": store.n_tokens}))
+        return
+    info = _describe(store)
+    width = max(map(len, info))
+    for key, value in info.items():
+        typer.echo(f"{key:<{width}}  {value}")
+    for hook in store.hooks:
+        typer.echo(f"  {hook:<40} {tuple(store.manifest['shapes'][hook])}")
