@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from lab.cli import cache, calibrate, pair, runs
+from lab.cli import cache, calibrate, organism, pair, runs
 from lab.errors import LabError
 
 __all__ = ["app", "main", "run"]
@@ -39,6 +39,7 @@ app.command("report")(runs.report)
 app.command("calibrate")(calibrate.calibrate)
 app.command("cache")(cache.cache)
 app.add_typer(cache.store_app, name="store")
+app.add_typer(organism.app, name="organism")
 
 
 def run(argv: list[str] | None = None) -> int:

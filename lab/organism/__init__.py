@@ -1,0 +1,60 @@
+"""The model organism: a world with ground truth, a base model, a reward model and an RLHF model.
+
+Quick tour::
+
+    from lab.organism import story_world, story_labeler, PiStar
+    world, labeler = story_world(), story_labeler()
+    sample = world.sample(64, 31, torch.Generator().manual_seed(0))
+    sample.tokens, sample.scenes, sample.forward.beliefs, sample.forward.next_token_logprobs
+    labeler.utility(sample.tokens)                  # exact true utility per sequence
+    pi = PiStar(world, labeler, beta=0.1, length=31)
+    pi.sample(prompts), pi.next_token_logprobs(tokens), pi.objective()
+
+    org = load_organism("data/organism")           # models + world + labeler from the cards
+    evaluate_organism(org)                          # the metrics table, one dict per row
+    evaluate_policy(any_model, org, EvalData.draw(...))  # metrics of any HF model or bridge
+"""
+
+from lab.organism.bayes import PiStar
+from lab.organism.evaluate import (
+    EvalConfig,
+    EvalData,
+    Organism,
+    evaluate_organism,
+    evaluate_policy,
+    load_organism,
+)
+from lab.organism.labeler import Labeler
+from lab.organism.pipeline import OrganismConfig, quick_config, train_organism
+from lab.organism.reward import RewardConfig, RewardModel, train_reward_model
+from lab.organism.rlhf import RLHFConfig, sample_continuations, train_rlhf
+from lab.organism.story import story_labeler, story_world
+from lab.organism.train import BaseConfig, train_base
+from lab.organism.world import HMM, Forward, WorldSample
+
+__all__ = [
+    "HMM",
+    "BaseConfig",
+    "EvalConfig",
+    "EvalData",
+    "Forward",
+    "Labeler",
+    "Organism",
+    "OrganismConfig",
+    "PiStar",
+    "RLHFConfig",
+    "RewardConfig",
+    "RewardModel",
+    "WorldSample",
+    "evaluate_organism",
+    "evaluate_policy",
+    "load_organism",
+    "quick_config",
+    "sample_continuations",
+    "story_labeler",
+    "story_world",
+    "train_base",
+    "train_organism",
+    "train_reward_model",
+    "train_rlhf",
+]

@@ -5,7 +5,10 @@ The utility of a sequence is a sum of per-token terms driven by a small determin
 - an *incoherent move* costs ``penalty``: a word exclusive to scene ``s'`` that follows (skipping
   shared words) a word exclusive to scene ``s`` where ``s -> s'`` is a forbidden transition.
 
-The state is the scene of the last exclusive word seen (``n_scenes`` = none yet), so the utility
+With ``satiation`` s, happy words have diminishing returns: the k-th happy word (k = 0, 1, ...)
+is worth ``happiness * (1 - k / s)``, so past about s of them more happiness is worse (a reader
+tires of relentless cheer). The state is the scene of the last exclusive word seen (``n_scenes`` =
+none yet) together with the number of happy words so far, so the utility
 is additive along the chain over (hidden scene, last exclusive scene): ``lab.organism.bayes``
 uses exactly this to compute pi*. Comparisons follow Bradley-Terry:
 ``P(a preferred to b) = sigmoid((U(a) - U(b)) / temperature)``.
@@ -13,6 +16,7 @@ uses exactly this to compute pi*. Comparisons follow Bradley-Terry:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +38,8 @@ class Labeler:
     forbidden: Bool[Tensor, "scene scene"]  # True where moving scene -> scene' is incoherent
     penalty: float  # utility cost of one incoherent move
     temperature: float  # Bradley-Terry noise scale of the comparisons
+    satiation: float = math.inf  # happy words after which one more is worth 0 (inf: no satiation)
+    max_count: int = 32  # happy words counted exactly; later ones are valued as the last counted
 
     def __post_init__(self) -> None:
         n = self.forbidden.shape[0]
@@ -41,6 +47,8 @@ class Labeler:
             raise LabError("Labeler shapes disagree: forbidden (scene, scene), vectors (vocab,).")
         if self.penalty < 0 or self.temperature <= 0:
             raise LabError("Labeler needs penalty >= 0 and temperature > 0.")
+        if self.satiation <= 0 or self.max_count < 0:
+            raise LabError("Labeler needs satiation > 0 (inf for none) and max_count >= 0.")
         if int(self.exclusive.max()) >= n:
             raise LabError(f"Labeler exclusive scenes must be < {n} (the number of scenes).")
 
@@ -52,6 +60,7 @@ class Labeler:
         *,
         penalty: float = 6.0,
         temperature: float = 1.0,
+        satiation: float = math.inf,
         forbidden_below: float = 1e-3,
         horizon: int = 1,
         exclusive_ratio: float = 50.0,
@@ -81,12 +90,22 @@ class Labeler:
             reach = torch.maximum(reach, power)
         forbidden = reach < forbidden_below
         forbidden.fill_diagonal_(False)
-        return cls(happy, exclusive, forbidden, float(penalty), float(temperature))
+        return cls(happy, exclusive, forbidden, float(penalty), float(temperature), satiation)
+
+    @property
+    def _levels(self) -> int:
+        """Happy-word counts the state distinguishes (1 without satiation)."""
+        return self.max_count + 1 if math.isfinite(self.satiation) else 1
 
     @property
     def n_states(self) -> int:
-        """Scenes plus the 'no exclusive word yet' state."""
-        return self.forbidden.shape[0] + 1
+        """(last exclusive scene or none) x (happy words so far, up to max_count)."""
+        return (self.forbidden.shape[0] + 1) * self._levels
+
+    @property
+    def initial_state(self) -> int:
+        """No exclusive word and no happy word yet."""
+        return self.forbidden.shape[0]
 
     def tables(self) -> tuple[Float[Tensor, "state vocab"], Int[Tensor, "state vocab"]]:
         """Per-(state, token) utility and the next state: the chain that ``bayes`` recurses over."""
@@ -94,19 +113,23 @@ class Labeler:
         return reward, nxt
 
     def _tables(self) -> tuple[Tensor, Tensor, Tensor]:
-        n, vocab = self.forbidden.shape[0], self.happiness.shape[0]
-        excl = self.exclusive
-        state = torch.arange(n + 1)[:, None].expand(n + 1, vocab)
-        nxt = torch.where(excl[None] >= 0, excl[None].expand_as(state), state)
-        padded = torch.zeros(n + 1, n + 1, dtype=torch.bool)
-        padded[:n, :n] = self.forbidden
-        incoherent = padded[state, excl.clamp(min=0)[None].expand_as(state)] & (excl[None] >= 0)
-        reward = self.happiness[None].expand(n + 1, vocab) - self.penalty * incoherent.double()
-        return reward, nxt, incoherent
+        n1, vocab = self.forbidden.shape[0] + 1, self.happiness.shape[0]
+        state = torch.arange(self.n_states)
+        scene, count = state % n1, state // n1  # state = count * n1 + last exclusive scene
+        excl = self.exclusive[None].expand(self.n_states, vocab)
+        next_scene = torch.where(excl >= 0, excl, scene[:, None])
+        happy = (self.happiness > 0).long()[None]
+        next_count = (count[:, None] + happy).clamp(max=self._levels - 1)
+        padded = torch.zeros(n1, n1, dtype=torch.bool)
+        padded[: n1 - 1, : n1 - 1] = self.forbidden
+        incoherent = padded[scene[:, None], excl.clamp(min=0)] & (excl >= 0)
+        value = 1.0 - count.double() / self.satiation  # marginal value of a happy word
+        reward = self.happiness[None] * value[:, None] - self.penalty * incoherent.double()
+        return reward, next_count * n1 + next_scene, incoherent
 
     def _scan(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         reward, nxt, bad = self._tables()
-        state = torch.full((tokens.shape[0],), self.n_states - 1, dtype=torch.long)
+        state = torch.full((tokens.shape[0],), self.initial_state, dtype=torch.long)
         rewards, incoherent = [torch.zeros(tokens.shape[0], dtype=torch.float64)], [state < 0]
         tokens = tokens.long().cpu()
         for t in range(1, tokens.shape[1]):
@@ -148,6 +171,8 @@ class Labeler:
             "forbidden": self.forbidden.tolist(),
             "penalty": self.penalty,
             "temperature": self.temperature,
+            "satiation": self.satiation if math.isfinite(self.satiation) else None,
+            "max_count": self.max_count,
         }
 
     @classmethod
@@ -158,4 +183,6 @@ class Labeler:
             forbidden=torch.tensor(d["forbidden"], dtype=torch.bool),
             penalty=float(d["penalty"]),
             temperature=float(d["temperature"]),
+            satiation=math.inf if d.get("satiation") is None else float(d["satiation"]),
+            max_count=int(d.get("max_count", 32)),
         )

@@ -25,14 +25,14 @@ HAPPY_WORDS = ("happy", "smile", "laugh", "love", "cheer", "hug")
 
 # Allowed moves (besides staying) with their probabilities; every other move is at the floor.
 _MOVES: dict[str, dict[str, float]] = {
-    "home": {"office": 0.015, "park": 0.015, "market": 0.012, "school": 0.01, "wedding": 0.012},
+    "home": {"office": 0.015, "park": 0.015, "market": 0.012, "school": 0.01, "wedding": 0.01},
     "office": {"home": 0.03, "market": 0.012, "travel": 0.012},
-    "park": {"home": 0.03, "market": 0.012, "school": 0.01, "wedding": 0.012},
+    "park": {"home": 0.03, "market": 0.012, "school": 0.01, "wedding": 0.01},
     "market": {"home": 0.03, "park": 0.015, "office": 0.01},
     "school": {"home": 0.035, "park": 0.02},
     "hospital": {"home": 0.05, "travel": 0.015},
     "travel": {"home": 0.03, "office": 0.012, "hospital": 0.015},
-    "wedding": {"home": 0.07, "travel": 0.03},
+    "wedding": {"home": 0.14, "travel": 0.06},
 }
 # Share of each scene's emissions: (own words, shared words, happy words).
 _MIX = {
@@ -54,8 +54,12 @@ def _normalise(m: torch.Tensor, floor: float) -> torch.Tensor:
     return m / m.sum(-1, keepdim=True)
 
 
-def story_world() -> HMM:
-    """The story-world HMM: 8 sticky scenes, 56 words, wedding entered only from home and park."""
+def story_world(background_happiness: float = 1.0) -> HMM:
+    """The story-world HMM: 8 sticky scenes, 56 words, wedding entered only from home and park.
+
+    ``background_happiness`` scales the share of happy words outside the wedding (the rest goes
+    to shared words): below 1, happiness is found mostly at weddings.
+    """
     scenes = tuple(SCENE_WORDS)
     words = tuple(w for ws in SCENE_WORDS.values() for w in ws) + SHARED_WORDS + HAPPY_WORDS
     n = len(scenes)
@@ -69,6 +73,11 @@ def story_world() -> HMM:
     ramp = torch.tensor([1.6, 1.3, 1.0, 0.8, 0.6], dtype=torch.float64)  # Zipf-like within a group
     for s, (own, shared, happy) in _MIX.items():
         i = scenes.index(s)
+        if s != "wedding":
+            shared, happy = (
+                shared + happy * (1 - background_happiness),
+                happy * background_happiness,
+            )
         for group, share in ((SCENE_WORDS[s], own), (SHARED_WORDS, shared), (HAPPY_WORDS, happy)):
             idx = torch.tensor([words.index(w) for w in group])
             w = ramp.repeat(3)[: len(group)]
@@ -78,7 +87,11 @@ def story_world() -> HMM:
     return HMM(trans, emit, world.stationary(), scenes, words)
 
 
-def story_labeler(world: HMM | None = None, *, penalty: float = 6.0) -> Labeler:
-    """The story world's labeler: +1 per happy word, ``penalty`` per incoherent move."""
+def story_labeler(
+    world: HMM | None = None, *, penalty: float = 6.0, satiation: float = 10.0
+) -> Labeler:
+    """The story world's labeler: happy words score (+1 each, with diminishing returns past
+    about ``satiation`` of them), ``penalty`` per incoherent move."""
     world = world or story_world()
-    return Labeler.for_world(world, dict.fromkeys(HAPPY_WORDS, 1.0), penalty=penalty)
+    happy = dict.fromkeys(HAPPY_WORDS, 1.0)
+    return Labeler.for_world(world, happy, penalty=penalty, satiation=satiation)

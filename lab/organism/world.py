@@ -111,6 +111,8 @@ class HMM:
             raise LabError(f"HMM initial must have shape ({n},); got {tuple(i.shape)}.")
         for name, m in (("transition", t), ("emission", e), ("initial", i)):
             _check_stochastic(name, m)
+        # exact normalisation after validation (inputs may carry float32 rounding)
+        t, e, i = (m / m.sum(-1, keepdim=True) for m in (t, e, i))
         scenes = tuple(self.scenes) or tuple(f"s{k}" for k in range(n))
         words = tuple(self.words) or tuple(f"w{k}" for k in range(e.shape[1]))
         if len(scenes) != n or len(set(scenes)) != n:
@@ -182,7 +184,8 @@ class HMM:
         joint = log_belief + self.log_emission[:, token].T  # (batch, scene)
         log_p = torch.logsumexp(joint, -1)
         log_f = joint - log_p[:, None]
-        log_b = torch.logsumexp(log_f[:, :, None] + self.log_transition[None], 1)
+        # filtered beliefs are normalised, so the product in probability space is exact in float64
+        log_b = (log_f.exp() @ self.transition).log()
         return log_p, log_f, log_b
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Forward:
@@ -197,7 +200,7 @@ class HMM:
             filtered.append(log_f)
             tok_lp.append(log_p)
         log_beliefs = torch.stack(beliefs, 1)  # (batch, pos, scene)
-        nxt = torch.logsumexp(log_beliefs[..., None] + self.log_emission[None, None], 2)
+        nxt = (log_beliefs.exp() @ self.log_emission.exp()).log()  # (batch, pos, vocab)
         return Forward(
             beliefs=log_beliefs.exp(),
             filtered=torch.stack(filtered, 1).exp(),
@@ -278,9 +281,9 @@ class HMM:
     @classmethod
     def from_dict(cls, d: dict) -> HMM:
         return cls(
-            transition=torch.tensor(d["transition"]),
-            emission=torch.tensor(d["emission"]),
-            initial=torch.tensor(d["initial"]),
+            transition=torch.tensor(d["transition"], dtype=torch.float64),
+            emission=torch.tensor(d["emission"], dtype=torch.float64),
+            initial=torch.tensor(d["initial"], dtype=torch.float64),
             scenes=tuple(d["scenes"]),
             words=tuple(d["words"]),
         )
