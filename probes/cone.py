@@ -1,0 +1,337 @@
+"""Exact recomputation of a patch's downstream cone from one cached run.
+
+A patch at layer L and position p changes nothing before block L and nothing at positions before
+p (causal attention). ``capture`` runs the target model once and keeps, per block, its input
+residual, the keyword arguments the HF model passed it (masks, rotary tables, position ids) and
+the keys/values its attention stored. ``run_cone`` then runs only blocks L.. on positions p..
+(``cone_positions``; in the last block only the rows read and the patched row): the cached
+run's keys and values enter as a prefix, as in cached generation, through the
+``past_key_values.update`` call that every TransformerBridge attention makes, and a mask lets
+each row see the cached keys its cone does not recompute. Many cones share one forward
+(``probes.lanes``). Only the positions a metric reads are unembedded. No per-architecture code:
+block arguments are adapted by name (``probes.lanes.KWARG_RULES``), and the bridge's own blocks,
+final norm and unembedding do the arithmetic.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lab.errors import LabError
+from lab.types import Tokens
+from probes.lanes import KWARG_RULES, Lanes, pack_lanes
+from probes.sites import SITE_KINDS, Site, patch_activation
+
+__all__ = [
+    "TargetRun",
+    "capture",
+    "check_eval",
+    "cone_positions",
+    "hooked",
+    "run_cone",
+    "unembed",
+]
+
+
+def check_eval(*models: Any) -> None:
+    """Refuse models in training mode: dropout would make every patch a different sample."""
+    for model in models:
+        if model.training:
+            raise LabError(
+                "Patching needs models in eval mode (dropout off), but one is in training mode. "
+                "Call model.eval() first; lab.load_pair returns both models in eval mode."
+            )
+
+
+class _KV:
+    """The object that bridge attentions call ``update(k, v, layer)`` on: records or prefixes."""
+
+    def __init__(self, prefix: dict[int, tuple[Tensor, Tensor]] | None = None):
+        self.prefix = prefix
+        self.seen: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def update(self, k: Tensor, v: Tensor, layer: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if self.prefix is None:
+            self.seen[layer] = (k, v)
+            return k, v
+        pk, pv = self.prefix[layer]
+        return torch.cat([pk, k], dim=-2), torch.cat([pv, v], dim=-2)
+
+
+@contextmanager
+def hooked(points: Mapping[str, Any], fwd_hooks: Sequence[tuple[str, Any]]) -> Iterator[None]:
+    """TransformerLens forward hooks (name, fn) on resolved hook points, removed on exit.
+
+    Like ``model.hooks`` without resolving names again on every call (a cone run is short).
+    """
+    added = []
+    try:
+        for name, fn in fwd_hooks:
+            point = points[name]
+            added.append((point, point.add_hook(fn, dir="fwd")))
+        yield
+    finally:
+        for point, handle in added:
+            handle.hook.remove()
+            point.fwd_hooks[:] = [h for h in point.fwd_hooks if h is not handle]
+
+
+@contextmanager
+def _attention_kv(model: Any, layers: Sequence[int], kv: _KV) -> Iterator[None]:
+    """Hand ``kv`` to the attentions of ``layers`` as their past_key_values."""
+
+    def inject(module, args, kwargs):
+        return args, {**kwargs, "past_key_values": kv}
+
+    handles = [
+        model.blocks[i].attn.register_forward_pre_hook(inject, with_kwargs=True) for i in layers
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# Block arguments with a batch axis first (masks, rotary tables, position ids).
+BATCHED_KWARGS = frozenset({"attention_mask", "position_embeddings", "position_ids"})
+
+
+@dataclass(frozen=True)
+class TargetRun:
+    """One unpatched run of the model that patches go into, with what its cones reuse."""
+
+    model: Any  # the TransformerBridge that was run
+    tokens: Tokens  # its input
+    block_inputs: list[Float[Tensor, "batch pos d_model"]]  # residual into each block
+    block_kwargs: list[dict[str, Any]]  # named arguments the HF model passed each block
+    keys: list[Tensor]  # per block: batch kv_head pos d_head, as its attention stored them
+    values: list[Tensor]  # per block: batch kv_head pos d_head
+    logits: Float[Tensor, "batch pos vocab"]  # the unpatched output
+    acts: dict[str, Tensor]  # activations at the hooks asked for, all positions
+    points: dict[str, Any]  # those hooks' HookPoints by name
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def split(self, n: int) -> tuple[TargetRun, TargetRun]:
+        """The runs of the first ``n`` prompts and of the rest (one forward, two runs)."""
+        total = int(self.tokens.shape[0])
+
+        def part(lo: int, hi: int) -> TargetRun:
+            def cut(x: Any) -> Any:
+                if isinstance(x, tuple):
+                    return tuple(cut(t) for t in x)
+                batched = isinstance(x, Tensor) and x.ndim > 0 and x.shape[0] == total
+                return x[lo:hi] if batched else x
+
+            return TargetRun(
+                model=self.model,
+                tokens=self.tokens[lo:hi],
+                block_inputs=[cut(x) for x in self.block_inputs],
+                block_kwargs=[
+                    {k: cut(v) if k in BATCHED_KWARGS else v for k, v in kw.items()}
+                    for kw in self.block_kwargs
+                ],
+                keys=[cut(x) for x in self.keys],
+                values=[cut(x) for x in self.values],
+                logits=cut(self.logits),
+                acts={k: cut(v) for k, v in self.acts.items()},
+                points=self.points,
+            )
+
+        return part(0, n), part(n, total)
+
+
+@lru_cache(maxsize=64)
+def _signature(forward: Any) -> inspect.Signature:
+    return inspect.signature(forward)
+
+
+def _named(block: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A block call's arguments by name (HF passes some positionally), minus the residual."""
+    layer = block.original_component
+    signature = _signature(type(layer).forward)  # unbound: (self, hidden_states, ...)
+    bound = signature.bind(layer, *args, **kwargs).arguments
+    for first in list(signature.parameters)[:2]:
+        bound.pop(first, None)  # self and the residual
+    named = {}
+    for name, value in bound.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    for name, value in named.items():
+        is_tensor = isinstance(value, Tensor) or (
+            isinstance(value, tuple) and any(isinstance(t, Tensor) for t in value)
+        )
+        if is_tensor and name not in KWARG_RULES:
+            raise LabError(
+                f"Block argument {name!r} holds tensors that the cone runner cannot cut to a "
+                f"position range; add a rule for it to probes.lanes.KWARG_RULES."
+            )
+    return named
+
+
+def capture(model: Any, tokens: Tokens, hooks: Sequence[str] = ()) -> TargetRun:
+    """Run ``model`` on ``tokens`` once, keeping what every downstream cone reuses (and the
+    activations at ``hooks``)."""
+    check_eval(model)
+    n_layers = int(model.cfg.n_layers)
+    inputs: list[Tensor | None] = [None] * n_layers
+    kwargs_by_block: list[dict | None] = [None] * n_layers
+
+    def recorder(i):
+        def hook(module, args, kwargs):
+            inputs[i] = args[0] if args else kwargs["hidden_states"]
+            kwargs_by_block[i] = _named(module, args, kwargs)
+
+        return hook
+
+    kv = _KV()
+    acts: dict[str, Tensor] = {}
+    hook_dict = model.hook_dict
+    points = {h: hook_dict[h] for h in hooks}
+
+    def saver(name: str):
+        def save(act, hook):
+            acts[name] = act
+            return act
+
+        return save
+
+    handles = [
+        model.blocks[i].register_forward_pre_hook(recorder(i), with_kwargs=True)
+        for i in range(n_layers)
+    ]
+    try:
+        with (
+            torch.inference_mode(),
+            _attention_kv(model, range(n_layers), kv),
+            hooked(points, [(h, saver(h)) for h in hooks]),
+        ):
+            logits = model(tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    if len(kv.seen) != n_layers:
+        raise LabError(
+            f"Only {len(kv.seen)} of {n_layers} attentions handed over their keys and values; "
+            "this model's attention does not support a key/value prefix, so cones cannot run."
+        )
+    return TargetRun(
+        model=model,
+        tokens=tokens,
+        block_inputs=inputs,
+        block_kwargs=kwargs_by_block,
+        keys=[kv.seen[i][0] for i in range(n_layers)],
+        values=[kv.seen[i][1] for i in range(n_layers)],
+        logits=logits,
+        acts=acts,
+        points=points,
+    )
+
+
+def unembed(
+    model: Any, resid: Float[Tensor, "batch pos d_model"]
+) -> Float[Tensor, "batch pos vocab"]:
+    """Final norm and unembedding (with the model's final logit soft cap, if it has one)."""
+    logits = model.unembed(model.ln_final(resid))
+    cap = getattr(model.original_model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def cone_positions(site: Site, n_layers: int, n_pos: int, read: Sequence[int]) -> list[int]:
+    """The positions whose rows a patch at ``site`` must recompute, from its layer on.
+
+    Below the last block that is every position from the site's on. In the last block only the
+    rows the metrics read matter, plus the patched row when its keys and values change (sites
+    that spread within their block); [] when the patch cannot reach what is read.
+    """
+    if site.layer < n_layers - 1:
+        return list(range(site.first_position, n_pos))
+    spreads = SITE_KINDS[site.kind].spreads
+    later = {r for r in read if r >= site.first_position}
+    if site.position is None:
+        return list(range(n_pos)) if spreads else sorted(later)
+    if spreads:
+        return sorted(later | {site.position})
+    return [site.position] if site.position in later else []
+
+
+def run_cone(
+    run: TargetRun,
+    sites: Sequence[Site],
+    sources: Mapping[str, Tensor],
+    read: Int[Tensor, " read"],
+) -> Float[Tensor, "site batch read vocab"]:
+    """Every site's patched logits at positions ``read``, from one run of their cones.
+
+    Each site must reach ``read`` (``cone_positions`` not empty). Site g's cone is one segment
+    of rows in a lane (``probes.lanes``), run from the lowest layer among ``sites`` (below its
+    own layer a segment just recomputes the cached run, exactly); ``sources[hook]`` holds the
+    source run's activation (all positions) at each site's hook.
+    """
+    model, (batch, n_pos) = run.model, run.tokens.shape
+    layer, n_layers = min(s.layer for s in sites), len(run.block_inputs)
+    segments = [cone_positions(s, n_layers, n_pos, read.tolist()) for s in sites]
+    lanes = pack_lanes(segments, n_pos, batch, run.tokens.device)
+    by_hook: dict[str, list[int]] = {}
+    for g, s in enumerate(sites):
+        by_hook.setdefault(s.hook, []).append(g)
+
+    def make_hook(members: list[int], source: Tensor):
+        def hook(act, hook):
+            act = act.contiguous().clone()
+            for g in members:
+                patch_activation(lanes.rows(act, g), source, sites[g], positions=segments[g])
+            return act
+
+        return hook
+
+    fwd_hooks = [(name, make_hook(members, sources[name])) for name, members in by_hook.items()]
+    kv = _KV(
+        {i: (lanes.tile(run.keys[i]), lanes.tile(run.values[i])) for i in range(layer, n_layers)}
+    )
+    hidden = lanes.gather(run.block_inputs[layer])
+    with hooked(run.points, fwd_hooks), _attention_kv(model, range(layer, n_layers), kv):
+        adapted: dict[tuple[str, int], Any] = {}  # blocks often share one mask: adapt it once
+        for i in range(layer, n_layers):
+            kwargs = {}
+            for name, value in run.block_kwargs[i].items():
+                key = (name, id(value))
+                if key not in adapted:
+                    rule = KWARG_RULES.get(name)
+                    adapted[key] = rule(value, lanes) if rule else value
+                kwargs[name] = adapted[key]
+            out = model.blocks[i](hidden, **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+    return _read(run, hidden, lanes, segments, read)
+
+
+def _read(run: TargetRun, hidden: Tensor, lanes: Lanes, segments, read: Tensor) -> Tensor:
+    """Logits at ``read`` per site: unembedded where the cone reaches, cached elsewhere."""
+    out = run.logits[:, read].unsqueeze(0).repeat(len(segments), 1, 1, 1)
+    pairs = [
+        (g, j, seg.index(r))
+        for g, seg in enumerate(segments)
+        for j, r in enumerate(read.tolist())
+        if r in seg
+    ]
+    if pairs:
+        picked = torch.stack([lanes.rows(hidden, g)[:, row] for g, _, row in pairs], 1)
+        logits = unembed(run.model, picked)  # batch pair vocab
+        g_idx = torch.tensor([g for g, _, _ in pairs], device=out.device)
+        j_idx = torch.tensor([j for _, j, _ in pairs], device=out.device)
+        out[g_idx, :, j_idx] = logits.transpose(0, 1)
+    return out

@@ -1,0 +1,293 @@
+"""Activation patching within one model and across the two models of a pair: exact and batched.
+
+One routine, ``patch``: run the *target* model on its prompts with one site's activation replaced
+by the *source* run's, for many sites, and score each patched run with metrics. Within a model,
+``denoise`` patches clean activations into the corrupted run and ``noise`` the reverse; across a
+pair, ``cross_model`` patches the base model's activation into the tuned model on the same prompt
+(what the tuned model loses without it) or the tuned one's into the base (what it induces).
+
+Speed comes from exactness, not approximation (``probes.cone``, ``probes.lanes``): the target
+(and, within one model, the source) runs once; a patch at layer L and position p is recomputed
+only in blocks L.. and at positions p.. (in the last block only where the metrics read), many
+sites' cones packed into one forward (``rows_per_forward``); only the positions the metrics read
+are unembedded, and a patch that writes exactly what is already there is not run at all.
+Results equal a full forward per site (as ``transformer_lens.patching`` does) to float rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lab.errors import LabError
+from lab.types import Tokens
+from probes.cone import capture, check_eval, cone_positions, run_cone
+from probes.metrics import Metric, resolve_positions
+from probes.sites import Site, enumerate_sites, patch_activation, site_kind
+
+__all__ = [
+    "COLUMNS",
+    "PatchConfig",
+    "check_prompts",
+    "cross_model",
+    "denoise",
+    "noise",
+    "patch",
+    "patch_jointly",
+    "sites_of",
+]
+
+# The columns of every result table, one row per (site, metric).
+COLUMNS = ("site", "layer", "head", "position", "metric", "value", "target", "source", "share")
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """How a sweep is run (never what it computes)."""
+
+    rows_per_forward: int = 1024  # cone rows (prompt positions summed over sites) per forward
+    skip_unchanged: bool = True  # a patch that writes the target's own values is not run
+    progress: bool = True  # a tqdm bar over the cone runs
+
+
+def check_prompts(target: Tokens, source: Tokens) -> None:
+    """Refuse prompt pairs that do not line up token for token."""
+    if target.ndim != 2 or source.ndim != 2:
+        raise LabError(
+            f"Tokens must be batch x pos; got {tuple(target.shape)} and {tuple(source.shape)}."
+        )
+    if target.shape != source.shape:
+        raise LabError(
+            f"The two prompt sets have different shapes: {tuple(source.shape)} (source) and "
+            f"{tuple(target.shape)} (target), batch x tokens. Patching swaps activations position "
+            "by position, so each pair must have the same number of tokens: reword one prompt "
+            "until the token counts match (check with pair.to_tokens), or left-pad the shorter one "
+            "with a neutral filler token so that the positions you compare line up."
+        )
+
+
+def _as_sites(sites: str | Iterable[Site], model: Any, n_pos: int, by_position: bool) -> list:
+    if isinstance(sites, str):
+        return list(enumerate_sites(sites, model, n_pos, by_position=by_position))
+    sites = list(sites)
+    for s in sites:
+        kind = site_kind(s.kind, model)
+        if not 0 <= s.layer < int(model.cfg.n_layers):
+            raise LabError(f"{s} is past the model's {model.cfg.n_layers} layers.")
+        if s.position is not None and not 0 <= s.position < n_pos:
+            raise LabError(f"{s} is past the prompts' {n_pos} positions.")
+        if s.head is not None and not 0 <= s.head < max(kind.n_heads(model), 1):
+            raise LabError(f"{s}: site {s.kind!r} has {kind.n_heads(model)} heads here.")
+    return sites
+
+
+class _Bound:
+    """A metric with the rows of the read logits it takes (``idx``)."""
+
+    def __init__(self, metric: Metric, n_pos: int):
+        self.metric, self.name = metric, metric.name
+        self.positions = resolve_positions(metric, n_pos).tolist()
+        self.idx: list[int] = []
+        self._tiled: dict[int, Metric | None] = {}
+
+    def _values(self, metric, logits: torch.Tensor) -> torch.Tensor:
+        values = metric(logits[:, self.idx])
+        if not isinstance(values, torch.Tensor) or values.shape != (logits.shape[0],):
+            got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            raise LabError(
+                f"Metric {self.name} returned shape {got}; a patching metric returns one value "
+                f"per prompt, shape ({logits.shape[0]},)."
+            )
+        return values
+
+    def __call__(self, logits: torch.Tensor) -> float:
+        """The batch mean on read logits (``batch read vocab``), shape checked."""
+        return float(self._values(self.metric, logits).float().mean())
+
+    def many(self, logits: torch.Tensor) -> list[float]:
+        """Batch means of stacked patched runs (``site batch read vocab``): one call if the
+        metric tiles, else one per site."""
+        copies, batch = logits.shape[:2]
+        if copies not in self._tiled:
+            self._tiled[copies] = self.metric.tile(copies)
+        tiled = self._tiled[copies]
+        if tiled is None:
+            return [self(site) for site in logits]
+        values = self._values(tiled, logits.reshape(copies * batch, *logits.shape[2:]))
+        return values.float().view(copies, batch).mean(1).tolist()
+
+
+def _unchanged(site: Site, target: torch.Tensor, source: torch.Tensor) -> bool:
+    """Whether the patch writes exactly what is already there (then it changes nothing)."""
+    head = slice(None) if site.head is None else site.head
+    pos = slice(None) if site.position is None else site.position
+    return torch.equal(target[:, pos, head], source[:, pos, head])
+
+
+def _groups(todo: list[tuple[Site, int]], rows_per_forward: int) -> list[list[Site]]:
+    """Sites (in layer order, with their cone rows) into forwards of at most ``rows_per_forward``
+    rows: all in one when they fit (overhead-bound), else by layer (compute-bound)."""
+    if sum(rows for _, rows in todo) <= rows_per_forward:
+        return [[s for s, _ in todo]] if todo else []
+    groups: list[list[Site]] = []
+    total = 0
+    for s, rows in todo:
+        if not groups or total + rows > rows_per_forward or groups[-1][0].layer != s.layer:
+            groups.append([])
+            total = 0
+        groups[-1].append(s)
+        total += rows
+    return groups
+
+
+def patch(
+    target_model: Any,
+    target_tokens: Tokens,
+    source_model: Any,
+    source_tokens: Tokens,
+    sites: str | Iterable[Site],
+    metrics: Metric | Sequence[Metric],
+    *,
+    by_position: bool = True,
+    config: PatchConfig | None = None,
+) -> pd.DataFrame:
+    """Patch each site's source activation into the target run; one table row per site, metric.
+
+    ``sites`` is a list of ``Site`` or a site kind name (every layer, every head for kinds with
+    heads, and every position when ``by_position``). ``value`` is the patched metric (batch mean),
+    ``target`` and ``source`` the unpatched runs' values, ``share`` the part of the gap from
+    target to source that the patch closes: (value - target) / (source - target).
+    """
+    config = config or PatchConfig()
+    check_eval(target_model, source_model)
+    check_prompts(target_tokens, source_tokens)
+    metrics = [metrics] if isinstance(metrics, Metric) else list(metrics)
+    n_pos = target_tokens.shape[1]
+    bound = [_Bound(m, n_pos) for m in metrics]
+    read = torch.tensor(sorted({p for m in bound for p in m.positions}), dtype=torch.long)
+    for m in bound:
+        m.idx = [read.tolist().index(p) for p in m.positions]
+    site_list = _as_sites(sites, target_model, n_pos, by_position)
+
+    hooks = sorted({s.hook for s in site_list})
+    if source_model is target_model:  # one forward for both runs
+        both = torch.cat([target_tokens, source_tokens.to(target_tokens.device)])
+        run, src = capture(target_model, both, hooks).split(target_tokens.shape[0])
+        src_logits, acts = src.logits, src.acts
+    else:
+        run = capture(target_model, target_tokens, hooks)
+        with torch.inference_mode():
+            src_logits, src_cache = source_model.run_with_cache(
+                source_tokens.to(_device(source_model)), names_filter=lambda n: n in hooks
+            )
+        acts = {h: src_cache[h].to(run.logits.device) for h in hooks}
+    read_dev = read.to(run.logits.device)
+    base_target = [m(run.logits[:, read_dev]) for m in bound]
+    base_source = [m(src_logits.to(read_dev.device)[:, read_dev]) for m in bound]
+
+    values: dict[Site, list[float]] = {}
+    todo, reads, n_layers = [], read.tolist(), int(target_model.cfg.n_layers)
+    for s in sorted(site_list, key=lambda s: (s.layer, s.first_position)):
+        rows = len(cone_positions(s, n_layers, n_pos, reads))
+        if not rows or (config.skip_unchanged and _unchanged(s, run.acts[s.hook], acts[s.hook])):
+            values[s] = base_target  # the patch cannot change what the metrics read
+        else:
+            todo.append((s, rows))
+    groups = _groups(todo, config.rows_per_forward)
+
+    with torch.inference_mode():
+        for group in tqdm(groups, disable=not config.progress, desc="patching", leave=False):
+            logits = run_cone(run, group, acts, read_dev)
+            scores = [m.many(logits) for m in bound]
+            for g, s in enumerate(group):
+                values[s] = [by_metric[g] for by_metric in scores]
+
+    columns: dict[str, list] = {c: [] for c in COLUMNS}
+    for s in site_list:
+        for m, v, t, src in zip(bound, values[s], base_target, base_source, strict=True):
+            row = (s.kind, s.layer, s.head, s.position, m.name, v)
+            for c, x in zip(COLUMNS[:6], row, strict=True):
+                columns[c].append(x)
+            columns["target"].append(t)
+            columns["source"].append(src)
+            columns["share"].append((v - t) / (src - t) if src != t else float("nan"))
+    columns["head"] = pd.array(columns["head"], dtype="Int64")
+    columns["position"] = pd.array(columns["position"], dtype="Int64")
+    return pd.DataFrame(columns)
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def denoise(model: Any, clean: Tokens, corrupted: Tokens, sites, metrics, **kw) -> pd.DataFrame:
+    """Clean activations into the corrupted run: which sites restore the clean behaviour."""
+    return patch(model, corrupted, model, clean, sites, metrics, **kw)
+
+
+def noise(model: Any, clean: Tokens, corrupted: Tokens, sites, metrics, **kw) -> pd.DataFrame:
+    """Corrupted activations into the clean run: which sites the clean behaviour needs."""
+    return patch(model, clean, model, corrupted, sites, metrics, **kw)
+
+
+def cross_model(pair: Any, tokens: Tokens, sites, metrics, *, into: str = "tuned", **kw):
+    """Across the pair on the same prompts: the other model's activation into model ``into``.
+
+    ``into="tuned"``: the base activation into the tuned model; ``share`` is the part of the
+    tuned model's departure (its metric minus the base's) that the site removes. ``into="base"``:
+    the tuned activation into the base; ``share`` is the part of the departure it induces.
+    """
+    if into not in pair.models:
+        raise LabError(f"into must be one of {sorted(pair.models)}, not {into!r}.")
+    other = "base" if into == "tuned" else "tuned"
+    return patch(pair.models[into], tokens, pair.models[other], tokens, sites, metrics, **kw)
+
+
+def sites_of(table: pd.DataFrame) -> list[Site]:
+    """The sites of a result table's rows (e.g. the top rows of a screen), in order."""
+    return [
+        Site(
+            r.site,
+            int(r.layer),
+            None if pd.isna(r.head) else int(r.head),
+            None if pd.isna(r.position) else int(r.position),
+        )
+        for r in table.itertuples()
+    ]
+
+
+def patch_jointly(
+    target_model: Any,
+    target_tokens: Tokens,
+    source_model: Any,
+    source_tokens: Tokens,
+    sites: Iterable[Site],
+    metric: Metric,
+) -> float:
+    """The metric (batch mean) with all ``sites`` patched at once: one full forward."""
+    check_eval(target_model, source_model)
+    check_prompts(target_tokens, source_tokens)
+    sites = _as_sites(sites, target_model, target_tokens.shape[1], True)
+    hooks = sorted({s.hook for s in sites})
+    with torch.inference_mode():
+        _, cache = source_model.run_with_cache(source_tokens, names_filter=lambda n: n in hooks)
+
+        def make(name):
+            def hook(act, hook):
+                act = act.clone()
+                for s in sites:
+                    if s.hook == name:
+                        patch_activation(act, cache[name].to(act.device), s, 0)
+                return act
+
+            return hook
+
+        logits = target_model.run_with_hooks(target_tokens, fwd_hooks=[(h, make(h)) for h in hooks])
+        bound = _Bound(metric, target_tokens.shape[1])
+        bound.idx = list(range(len(bound.positions)))
+        return bound(logits[:, bound.positions])

@@ -1,0 +1,229 @@
+"""Exact patching equals transformer_lens.patching and a naive full forward per site."""
+
+import pytest
+import torch
+import transformer_lens.patching as tlp
+
+from lab import LabError, load_pair
+from probes.metrics import FnMetric, LogitDiff, LogProb
+from probes.patching import PatchConfig, cross_model, denoise, noise, patch
+from probes.sites import Site
+
+ATOL = 1e-5
+QUIET = PatchConfig(rows_per_forward=64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def pairs(pair_dirs):
+    loaded = {}
+
+    def get(arch):
+        if arch not in loaded:
+            loaded[arch] = load_pair(*pair_dirs(arch), device="cpu")
+        return loaded[arch]
+
+    return get
+
+
+def prompts(n_pos=8, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(5, 300, (batch, n_pos), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = torch.randint(5, 300, (batch,), generator=g)
+    corrupted[:, 5] = torch.randint(5, 300, (batch,), generator=g)
+    return clean, corrupted
+
+
+def logit_diff(batch=2):
+    return LogitDiff(correct=torch.arange(batch) + 7, wrong=torch.arange(batch) + 40)
+
+
+def tl_metric(metric):
+    return lambda logits: metric(logits[:, list(metric.positions)]).mean()
+
+
+def grid(table, *axes):
+    table = table.sort_values(list(axes))
+    shape = [table[a].nunique() for a in axes]
+    return torch.tensor(table["value"].to_numpy()).reshape(shape)
+
+
+TL_SWEEPS = [
+    # (site kind, by_position, TransformerLens function, our axes in TL's order)
+    ("resid_pre", True, tlp.get_act_patch_resid_pre, ("layer", "position")),
+    ("z", False, tlp.get_act_patch_attn_head_out_all_pos, ("layer", "head")),
+    ("z", True, tlp.get_act_patch_attn_head_out_by_pos, ("layer", "position", "head")),
+    ("k", True, tlp.get_act_patch_attn_head_k_by_pos, ("layer", "position", "head")),
+    ("v", False, tlp.get_act_patch_attn_head_v_all_pos, ("layer", "head")),
+    ("q", True, tlp.get_act_patch_attn_head_q_by_pos, ("layer", "position", "head")),
+    ("mlp_out", True, tlp.get_act_patch_mlp_out, ("layer", "position")),
+    ("attn_out", True, tlp.get_act_patch_attn_out, ("layer", "position")),
+]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize(("kind", "by_position", "tl_fn", "axes"), TL_SWEEPS)
+def test_equals_transformer_lens(pairs, arch, kind, by_position, tl_fn, axes):
+    model = pairs(arch).base
+    clean, corrupted = prompts()
+    metric = logit_diff()
+    _, cache = model.run_with_cache(clean)
+    expected = tl_fn(model, corrupted, cache, tl_metric(metric))
+    table = denoise(model, clean, corrupted, kind, metric, by_position=by_position, config=QUIET)
+    assert torch.allclose(grid(table, *axes), expected.double(), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "olmo2", "gemma2", "gpt_neox"])
+def test_equals_transformer_lens_other_families(pairs, arch):
+    model = pairs(arch).base
+    clean, corrupted = prompts()
+    metric = logit_diff()
+    _, cache = model.run_with_cache(clean)
+    expected = tlp.get_act_patch_resid_pre(model, corrupted, cache, tl_metric(metric))
+    table = denoise(model, clean, corrupted, "resid_pre", metric, config=QUIET)
+    assert torch.allclose(grid(table, "layer", "position"), expected.double(), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("rows_per_forward", [8, 40, 10000])
+def test_grouping_does_not_change_results(pairs, rows_per_forward):
+    model = pairs("llama").tuned
+    clean, corrupted = prompts()
+    cfg = PatchConfig(rows_per_forward=rows_per_forward, progress=False)
+    one = denoise(model, clean, corrupted, "z", logit_diff(), config=QUIET)
+    other = denoise(model, clean, corrupted, "z", logit_diff(), config=cfg)
+    assert (one["value"] - other["value"]).abs().max() < ATOL
+
+
+def naive(target, tokens, source, source_tokens, site, metric):
+    """One full forward with the site's hook replaced: the reference for any patch."""
+    _, cache = source.run_with_cache(source_tokens)
+
+    def hook(act, hook):
+        act = act.clone()
+        head = slice(None) if site.head is None else site.head
+        pos = slice(None) if site.position is None else site.position
+        act[:, pos, head] = cache[site.hook][:, pos, head]
+        return act
+
+    with torch.no_grad():
+        logits = target.run_with_hooks(tokens, fwd_hooks=[(site.hook, hook)])
+    return float(metric(logits[:, list(metric.positions)]).mean())
+
+
+@pytest.mark.parametrize("into", ["tuned", "base"])
+def test_cross_model_equals_naive(pairs, into):
+    pair = pairs("llama")
+    tokens, _ = prompts(batch=3)
+    metric = LogProb(positions=(-1, -3), targets=torch.tensor([3, 9, 27]))
+    sites = [
+        Site("z", 1, 3),
+        Site("mlp_out", 0),
+        Site("resid_pre", 1, position=4),
+        Site("v", 0, 1, 6),
+    ]
+    table = cross_model(pair, tokens, sites, metric, into=into, config=QUIET)
+    other = "base" if into == "tuned" else "tuned"
+    for site, value in zip(sites, table["value"], strict=True):
+        ref = naive(pair.models[into], tokens, pair.models[other], tokens, site, metric)
+        assert value == pytest.approx(ref, abs=ATOL)
+
+
+def test_noise_is_denoise_reversed(pairs):
+    model = pairs("gpt2").base
+    clean, corrupted = prompts()
+    a = noise(model, clean, corrupted, "resid_pre", logit_diff(), config=QUIET)
+    b = denoise(model, corrupted, clean, "resid_pre", logit_diff(), config=QUIET)
+    assert a["value"].tolist() == pytest.approx(b["value"].tolist(), abs=ATOL)
+
+
+def test_share_is_one_when_the_whole_residual_is_patched(pairs):
+    model = pairs("gpt2").base
+    clean, corrupted = prompts()
+    table = denoise(model, clean, corrupted, [Site("resid_pre", 0)], logit_diff(), config=QUIET)
+    row = table.iloc[0]
+    assert row["value"] == pytest.approx(row["source"], abs=ATOL)
+    assert row["share"] == pytest.approx(1.0, abs=ATOL / abs(row["source"] - row["target"]))
+    assert list(table.columns) == [
+        "site",
+        "layer",
+        "head",
+        "position",
+        "metric",
+        "value",
+        "target",
+        "source",
+        "share",
+    ]
+
+
+def test_several_metrics_read_their_own_positions(pairs):
+    model = pairs("gpt2").base
+    clean, corrupted = prompts()
+    first = LogProb(positions=(3,), targets=torch.tensor([1, 2]))
+    last = logit_diff()
+    both = denoise(model, clean, corrupted, "mlp_out", [first, last], config=QUIET)
+    alone = denoise(model, clean, corrupted, "mlp_out", first, config=QUIET)
+    assert set(both["metric"]) == {"LogProb", "LogitDiff"}
+    got = both[both["metric"] == "LogProb"]["value"].to_numpy()
+    assert got.tolist() == pytest.approx(alone["value"].tolist(), abs=ATOL)
+    # mlp_out at positions after 3 cannot change what position 3 reads
+    late = both[(both["metric"] == "LogProb") & (both["position"] > 3)]
+    assert (late["value"] - late["target"]).abs().max() < ATOL
+
+
+# Refusals -------------------------------------------------------------------------------------
+
+
+def test_refuses_prompts_of_different_lengths(pairs):
+    model = pairs("gpt2").base
+    clean, corrupted = prompts()
+    with pytest.raises(LabError, match="same number of tokens"):
+        denoise(model, clean, corrupted[:, :-1], "resid_pre", logit_diff(), config=QUIET)
+
+
+def test_refuses_unknown_site(pairs):
+    with pytest.raises(LabError, match=r"Unknown patching site 'resid_pri'.*resid_pre"):
+        denoise(pairs("gpt2").base, *prompts(), "resid_pri", logit_diff(), config=QUIET)
+
+
+def test_refuses_site_missing_from_architecture(pairs):
+    # GPT-NeoX runs attention and MLP in parallel: there is no residual between them
+    with pytest.raises(LabError, match=r"'resid_mid'.*does not exist"):
+        denoise(pairs("gpt_neox").base, *prompts(), "resid_mid", logit_diff(), config=QUIET)
+
+
+def test_refuses_site_out_of_range(pairs):
+    with pytest.raises(LabError, match="past the model's 2 layers"):
+        denoise(pairs("gpt2").base, *prompts(), [Site("z", 5, 0)], logit_diff(), config=QUIET)
+
+
+def test_refuses_metric_of_wrong_shape(pairs):
+    scalar = FnMetric(fn=lambda logits: logits.mean(), label="scalar")
+    with pytest.raises(LabError, match=r"Metric scalar returned shape \(\).*shape \(2,\)"):
+        denoise(pairs("gpt2").base, *prompts(), "resid_pre", scalar, config=QUIET)
+
+
+def test_refuses_models_in_training_mode(pairs):
+    pair = pairs("gpt2")
+    pair.tuned.train()
+    try:
+        with pytest.raises(LabError, match="eval mode"):
+            cross_model(pair, prompts()[0], "mlp_out", logit_diff(), config=QUIET)
+    finally:
+        pair.tuned.eval()
+
+
+def test_one_prompt_and_sites_across_layers_in_one_run(pairs):
+    model = pairs("llama").base
+    clean, corrupted = prompts(batch=1)
+    metric = LogitDiff(correct=torch.tensor([3]), wrong=torch.tensor([4]))
+    sites = [Site("resid_pre", 1, position=3), Site("z", 0, 2, 5), Site("k", 1, 0)]
+    table = denoise(model, clean, corrupted, sites, metric, config=QUIET)
+    for site, value in zip(sites, table["value"], strict=True):
+        assert value == pytest.approx(naive(model, corrupted, model, clean, site, metric), abs=ATOL)
+
+
+def test_refuses_metric_positions_past_the_prompt(pairs):
+    metric = LogProb(positions=(12,), targets=torch.tensor([1, 2]))
+    with pytest.raises(LabError, match="reads positions"):
+        patch(pairs("gpt2").base, *prompts()[:1], pairs("gpt2").base, prompts()[0], "z", metric)

@@ -1,0 +1,73 @@
+"""Site kinds, sweeps of sites, and the lane layout that packs their cones."""
+
+import pytest
+import torch
+
+from lab import LabError, load_pair
+from probes.cone import cone_positions
+from probes.lanes import pack_lanes
+from probes.sites import SITE_KINDS, Site, enumerate_sites, patch_activation, site_kind
+
+
+@pytest.fixture(scope="module")
+def llama(pair_dirs):
+    return load_pair(*pair_dirs("llama"), device="cpu").base
+
+
+def test_every_kind_has_a_hook_in_llama(llama):
+    for name in SITE_KINDS:
+        assert site_kind(name, llama).hook_name(1) in llama.hook_dict
+
+
+def test_sweeps_use_key_value_heads_for_keys_and_values(llama):
+    keys = list(enumerate_sites("k", llama, 5, by_position=True))
+    queries = list(enumerate_sites("q", llama, 5, by_position=False))
+    assert len(keys) == 2 * 2 * 5  # layers x kv heads x positions
+    assert len(queries) == 2 * 4
+    assert keys[0] == Site("k", 0, 0, 0) and queries[-1] == Site("q", 1, 3, None)
+
+
+def test_sweep_refuses_heads_out_of_range(llama):
+    with pytest.raises(LabError, match=r"head \[3\] out of range"):
+        list(enumerate_sites("v", llama, 5, by_position=False, heads=[0, 3]))
+
+
+def test_patch_activation_writes_only_the_site():
+    act, source = torch.zeros(2, 4, 3, 5), torch.ones(2, 6, 3, 5)
+    patch_activation(act, source, Site("z", 0, head=1, position=3), offset=2)
+    assert act.sum() == 2 * 5 and act[:, 1, 1].eq(1).all()
+    whole = torch.zeros(2, 4, 7)
+    patch_activation(whole, torch.arange(6.0)[None, :, None].expand(2, 6, 7), Site("mlp_out", 0), 2)
+    assert whole[0, :, 0].tolist() == [2, 3, 4, 5]
+
+
+def test_lanes_pack_segments_without_overlap():
+    n_pos, starts = 6, [0, 5, 1, 4, 3, 2]
+    lanes = pack_lanes([range(s, n_pos) for s in starts], n_pos, batch=2)
+    assert lanes.width <= n_pos
+    assert lanes.n_lanes == 4  # 21 rows in lanes of 6, first fit longest first
+    for g, (lane, first, n) in enumerate(lanes.where):
+        assert n == n_pos - starts[g]
+        assert lanes.segment[lane, first : first + n].eq(g).all()
+        assert lanes.positions[lane, first : first + n].tolist() == list(range(starts[g], n_pos))
+
+
+def test_lane_mask_sees_what_its_segment_does_not_recompute_and_its_own_rows():
+    lanes = pack_lanes([[4, 5], [2, 5]], 6, batch=1)  # one lane: positions [4, 5, 2, 5]
+    assert lanes.positions[0].tolist() == [4, 5, 2, 5]
+    mask = lanes.mask(None)[0, 0] == 0  # row x (6 cached keys + 4 lane keys)
+    last_of_second = 3  # position 5 of the segment {2, 5}
+    assert mask[last_of_second, :6].tolist() == [True, True, False, True, True, False]
+    assert mask[last_of_second, 6:].tolist() == [False, False, True, True]
+
+
+def test_cone_positions_trim_the_last_block_to_what_is_read():
+    n_layers, n_pos, read = 3, 8, [7]
+    assert cone_positions(Site("resid_pre", 1, position=2), n_layers, n_pos, read) == list(
+        range(2, 8)
+    )
+    assert cone_positions(Site("resid_pre", 2, position=2), n_layers, n_pos, read) == [2, 7]
+    assert cone_positions(Site("k", 2, 0, position=7), n_layers, n_pos, read) == [7]
+    assert cone_positions(Site("z", 2, 1, position=3), n_layers, n_pos, read) == []
+    assert cone_positions(Site("mlp_out", 2), n_layers, n_pos, read) == [7]
+    assert cone_positions(Site("v", 2, 1), n_layers, n_pos, read) == list(range(8))
