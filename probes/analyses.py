@@ -7,8 +7,9 @@ gets back a tidy table.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ import pandas as pd
 import torch
 
 from lab.errors import LabError, close_matches
-from probes.sweep import ANALYSES, Analysis, SweepContext
+from probes import causal_analyses as ca
+from probes import probe_analyses as pa
+from probes.sweep import Analysis, SweepContext
 
-__all__ = ["DATASET_SOURCES", "build_dataset"]
+__all__ = ["ANALYSES", "DATASET_SOURCES", "build_dataset"]
 
 
 # ---- dataset sources ----------------------------------------------------------------------
@@ -55,7 +58,10 @@ def _organism(ctx: SweepContext, spec: dict[str, Any]):
     world, labeler = HMM.from_dict(card["world"]), Labeler.from_dict(card["labeler"])
     gen = torch.Generator().manual_seed(int(spec.get("seed", ctx.config.seed)))
     sample = world.sample(int(spec.get("n", 128)), int(spec.get("length", card["length"])), gen)
-    return Dataset.from_organism(sample, labeler, name="organism")
+    data = Dataset.from_organism(sample, labeler, name="organism")
+    # reward to go: the labeler's utility still to come after each position (steering-like)
+    to_go = data.targets["utility"].flip(-1).cumsum(-1).flip(-1) - data.targets["utility"]
+    return replace(data, targets={**data.targets, "reward_to_go": to_go})
 
 
 DATASET_SOURCES: dict[str, Callable[[SweepContext, dict[str, Any]], Any]] = {
@@ -85,11 +91,98 @@ class WeightsParams:
 def _weights(ctx: SweepContext, params: WeightsParams) -> pd.DataFrame:
     from lab.summary import weight_change
 
-    rows = [
-        {"group": g, "metric": "relative_weight_change", "value": v}
-        for g, v in weight_change(ctx.pair()).items()
-    ]
-    return pd.DataFrame(rows)
+    change = weight_change(ctx.pair())
+    return pd.DataFrame(
+        [{"group": g, "metric": "relative_weight_change", "value": v} for g, v in change.items()]
+    )
 
 
-ANALYSES["weights"] = Analysis(WeightsParams, _weights)
+@dataclass(frozen=True)
+class OrganismEvalParams:
+    """The organism's metrics for world, base, RLHF, pi* and the reward model (lab.organism)."""
+
+    texts: int = 256  # held-out world texts for the prediction metrics
+    prompts: int = 256  # world prompts for the generation metrics
+
+
+def _organism(ctx: SweepContext) -> Any:
+    org = ctx.organism()
+    if org is None:
+        raise LabError(
+            f"The {ctx.job.kind!r} analysis needs the organism pair (base = 'organism')."
+        )
+    return org
+
+
+def _organism_eval(ctx: SweepContext, p: OrganismEvalParams) -> pd.DataFrame:
+    from lab.organism.evaluate import EvalConfig, evaluate_organism
+
+    cfg = EvalConfig(texts=p.texts, prompts=p.prompts, seed=EvalConfig.seed + ctx.config.seed)
+    rows = evaluate_organism(_organism(ctx), cfg)
+    return pd.DataFrame(
+        [
+            {"model": m, "metric": k, "value": float(v)}
+            for m, d in rows.items()
+            for k, v in d.items()
+            if isinstance(v, int | float)
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class ReliabilityParams:
+    """Reliability bins (top-1 confidence vs expected accuracy under the world) per model."""
+
+    texts: int = 256  # world texts
+    bins: int = 15  # equal-width confidence bins
+
+
+def _reliability(ctx: SweepContext, p: ReliabilityParams) -> pd.DataFrame:
+    from lab.metrics import model_logprobs
+    from lab.plots import reliability_bins
+
+    org = _organism(ctx)
+    gen = torch.Generator().manual_seed(ctx.config.seed)
+    texts = org.world.draw(p.texts, org.length, gen)[0]
+    truth = org.world.forward(texts).next_token_logprobs[:, 1:-1].exp()
+    policies = {"base": ctx.pair().base, "tuned": ctx.pair().tuned}
+    parts = []
+    for name, model in policies.items():
+        lp = model_logprobs(model, texts)[:, 1:-1]
+        conf, top = lp.exp().max(-1)
+        acc = truth.gather(-1, top[..., None])[..., 0]
+        parts.append(reliability_bins(conf, acc, name, p.bins))
+    star = org.pi_star().next_token_logprobs(texts)[:, 1:-1]
+    conf, top = star.exp().max(-1)
+    parts.append(
+        reliability_bins(conf, truth.gather(-1, top[..., None])[..., 0], "pi_star", p.bins)
+    )
+    return pd.concat(parts, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class CalibrateParams:
+    """The known-distribution calibration suite on both models (lab.calibrate)."""
+
+    sets: list[str] = field(default_factory=lambda: ["calibration"])  # NAME or NAME:MODE
+
+
+def _calibrate(ctx: SweepContext, p: CalibrateParams) -> pd.DataFrame:
+    from lab.calibrate import calibrate
+
+    table = calibrate(ctx.pair(), p.sets)
+    return table.assign(outcomes=table.outcomes.map(json.dumps), probs=table.probs.map(json.dumps))
+
+
+ANALYSES: dict[str, Analysis] = {
+    "weights": Analysis(WeightsParams, _weights),
+    "organism_eval": Analysis(OrganismEvalParams, _organism_eval),
+    "reliability": Analysis(ReliabilityParams, _reliability),
+    "calibrate": Analysis(CalibrateParams, _calibrate),
+    "cache": Analysis(pa.CacheParams, pa.cache_job),
+    "probes": Analysis(pa.ProbesParams, pa.probes_job),
+    "patching": Analysis(ca.PatchingParams, ca.patching_job),
+    "classify": Analysis(ca.ClassifyParams, ca.classify_job),
+    "joint": Analysis(ca.JointParams, ca.joint_job),
+    "examples": Analysis(ca.ExamplesParams, ca.examples_job),
+}

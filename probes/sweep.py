@@ -19,7 +19,7 @@ A config names pairs, datasets and analyses::
     dataset = "world"
     ...                              # the analysis's own parameters
 
-Each analysis kind is a small strategy in ``ANALYSES`` (probes.analyses registers them): its
+Each analysis kind is a small strategy in ``probes.analyses.ANALYSES``: its
 parameters (a frozen dataclass, so unknown keys are refused by name) and a function from a
 ``SweepContext`` and those parameters to a tidy ``DataFrame``. A job's table is written
 atomically to ``results/<kind>/<job>.parquet``; a crashed sweep run again skips finished jobs,
@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from lab.errors import LabError, close_matches
 
-__all__ = ["ANALYSES", "Analysis", "Job", "SweepConfig", "SweepContext", "load_config", "run"]
+__all__ = ["Analysis", "Job", "SweepConfig", "SweepContext", "load_config", "run"]
 
 _TOP_KEYS = ("run", "pairs", "datasets", "analyses")
 _RUN_KEYS = ("out", "seed", "device", "dtype")
@@ -62,14 +62,17 @@ class Analysis:
     needs_pair: bool = True  # whether a job names a pair (and usually a dataset)
 
 
-ANALYSES: dict[str, Analysis] = {}  # filled by probes.analyses (imported by load_config)
+def _analyses() -> dict[str, Analysis]:
+    from probes.analyses import ANALYSES
+
+    return ANALYSES
 
 
 @dataclass(frozen=True)
 class Job:
     """One analysis on one pair and dataset, with its parameters."""
 
-    kind: str  # key of ANALYSES
+    kind: str  # key of probes.analyses.ANALYSES
     pair: str | None  # name in the config's [pairs]
     dataset: str | None  # name in the config's [datasets]
     params: Any  # the analysis's parameter dataclass
@@ -110,14 +113,15 @@ def _unknown(what: str, keys, valid) -> None:
 
 
 def _job(i: int, spec: dict[str, Any], pairs, datasets) -> Job:
+    analyses = _analyses()
     spec = dict(spec)
     kind = spec.pop("kind", None)
-    if kind not in ANALYSES:
+    if kind not in analyses:
         raise LabError(
-            f"analyses[{i}]: unknown kind {kind!r}. Valid analyses: {', '.join(sorted(ANALYSES))}."
-            + close_matches(str(kind), ANALYSES)
+            f"analyses[{i}]: unknown kind {kind!r}. Valid analyses: {', '.join(sorted(analyses))}."
+            + close_matches(str(kind), analyses)
         )
-    analysis = ANALYSES[kind]
+    analysis = analyses[kind]
     pair, dataset = spec.pop("pair", None), spec.pop("dataset", None)
     if analysis.needs_pair and pair not in pairs:
         raise LabError(f"analyses[{i}] ({kind}) names pair {pair!r}; defined: {sorted(pairs)}.")
@@ -136,8 +140,6 @@ def _job(i: int, spec: dict[str, Any], pairs, datasets) -> Job:
 
 def load_config(source: str | Path | dict[str, Any], *, out: str | Path | None = None):
     """Parse and validate a sweep config (a TOML path or a dict) into a ``SweepConfig``."""
-    import probes.analyses  # noqa: F401  (registers the analyses)
-
     path = None
     if isinstance(source, dict):
         raw = source
@@ -172,42 +174,55 @@ def load_config(source: str | Path | dict[str, Any], *, out: str | Path | None =
 
 
 class SweepContext:
-    """What a running job can ask for; pairs and datasets load once and are shared by jobs."""
+    """What a running job can ask for; pairs, datasets and the organism load once per sweep."""
 
-    def __init__(self, config: SweepConfig, job: Job | None = None):
+    def __init__(self, config: SweepConfig, job: Job | None = None, cache=None):
         self.config, self.job = config, job
-        self._pairs: dict[str, Any] = {}
-        self._datasets: dict[str, Any] = {}
+        self._cache: dict[tuple, Any] = {} if cache is None else cache
 
     def for_job(self, job: Job) -> SweepContext:
-        ctx = SweepContext(self.config, job)
-        ctx._pairs, ctx._datasets = self._pairs, self._datasets
-        return ctx
+        return SweepContext(self.config, job, self._cache)
 
     @property
     def out(self) -> Path:
         return self.config.out
+
+    def _get(self, key: tuple, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
     def pair(self, name: str | None = None) -> Any:
         """The loaded ``ModelPair`` named ``name`` (default: the job's)."""
         from lab.models import load_pair
 
         name = name or self.job.pair
-        if name not in self._pairs:
-            spec = dict(self.config.pairs[name])
-            spec.setdefault("device", self.config.device)
-            spec.setdefault("dtype", self.config.dtype)
-            self._pairs[name] = load_pair(spec.pop("base"), spec.pop("tuned", None), **spec)
-        return self._pairs[name]
+        spec = dict(self.config.pairs[name])
+        spec.setdefault("device", self.config.device)
+        spec.setdefault("dtype", self.config.dtype)
+        return self._get(
+            ("pair", name), lambda: load_pair(spec.pop("base"), spec.pop("tuned", None), **spec)
+        )
+
+    def organism(self) -> Any | None:
+        """The shipped organism (world, labeler, pi*) when the job's pair is the organism."""
+        from lab.checkpoints import data_dir
+        from lab.organism.evaluate import load_organism
+
+        spec = self.config.pairs[self.job.pair]
+        names = {str(spec.get("base")), str(spec.get("tuned", spec.get("base")))}
+        if not all(n == "organism" or n.startswith("organism/") for n in names):
+            return None
+        return self._get(("organism",), lambda: load_organism(data_dir() / "organism"))
 
     def dataset(self, name: str | None = None) -> Any:
         """The dataset named ``name`` (default: the job's), built by ``probes.analyses``."""
         from probes.analyses import build_dataset
 
         name = name or self.job.dataset
-        if name not in self._datasets:
-            self._datasets[name] = build_dataset(self, self.config.datasets[name])
-        return self._datasets[name]
+        if name is None:
+            raise LabError(f"The {self.job.kind!r} analysis needs a dataset: add dataset = NAME.")
+        return self._get(("dataset", name), lambda: build_dataset(self, self.config.datasets[name]))
 
 
 def _environment() -> dict[str, Any]:
@@ -249,7 +264,7 @@ def run(source: str | Path | dict | SweepConfig, *, out: str | Path | None = Non
         j for j in config.jobs if not (config.out / "results" / j.kind / f"{j.id}.parquet").exists()
     ]
     for job in tqdm(todo, desc="sweep", unit="job", disable=not todo):
-        table = ANALYSES[job.kind].run(ctx.for_job(job), job.params)
+        table = _analyses()[job.kind].run(ctx.for_job(job), job.params)
         table = table.assign(job=job.id, pair=job.pair, dataset=job.dataset)
         _write_parquet(table, config.out / "results" / job.kind / f"{job.id}.parquet")
     for kind in sorted({j.kind for j in config.jobs}):

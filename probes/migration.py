@@ -1,0 +1,116 @@
+"""The migration map: every component at (prediction score, steering score) in base and in tuned,
+with an arrow from one to the other. Pure functions of ``probes.classify.classify``'s table.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from lab.errors import LabError
+
+__all__ = ["layer_summary", "migration_map", "migration_table", "top_steering"]
+
+
+def migration_table(scores: pd.DataFrame, metric: str = "kl_to_base") -> pd.DataFrame:
+    """One row per component: prediction and steering scores in base and tuned, and how far the
+    component moved (the arrow's length)."""
+    pred = scores[scores.score == "prediction"]
+    steer = scores[(scores.score == "steering") & (scores.metric == metric)]
+    if steer.empty:
+        have = sorted(scores.loc[scores.score == "steering", "metric"].unique())
+        raise LabError(f"No steering scores for metric {metric!r}; the table has {have}.")
+    wide = pred.pivot(index="component", columns="model", values="value").add_prefix("pred_")
+    wide = wide.join(
+        steer.pivot(index="component", columns="model", values="value").add_prefix("steer_")
+    )
+    kinds = scores.drop_duplicates("component").set_index("component")[["kind", "layer"]]
+    wide = wide.join(kinds)
+    if "label" in scores:
+        labels = scores.drop_duplicates(["component", "model"]).pivot(
+            index="component", columns="model", values="label"
+        )
+        wide = wide.join(labels.add_prefix("label_"))
+    wide["moved"] = np.hypot(
+        (wide.pred_tuned - wide.pred_base) / _scale(wide[["pred_base", "pred_tuned"]]),
+        wide.steer_tuned - wide.steer_base,
+    )
+    return wide.reset_index().sort_values(["layer", "kind", "component"], ignore_index=True)
+
+
+def _scale(frame: pd.DataFrame) -> float:
+    m = float(np.nanmax(np.abs(frame.to_numpy()))) if frame.size else 0.0
+    return m if m > 0 else 1.0
+
+
+def top_steering(scores: pd.DataFrame, n: int = 5, metric: str = "kl_to_base") -> pd.DataFrame:
+    """The ``n`` components with the largest steering share in tuned, with their intervals."""
+    steer = scores[
+        (scores.score == "steering") & (scores.metric == metric) & (scores.model == "tuned")
+    ]
+    return steer.sort_values("value", ascending=False).head(n).reset_index(drop=True)
+
+
+def migration_map(
+    scores: pd.DataFrame, *, metric: str = "kl_to_base", n_labels: int = 6, title: str = ""
+) -> Figure:
+    """Components from base (hollow) to tuned (filled): x prediction score, y steering share."""
+    t = migration_table(scores, metric)
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    colors = {"head": "tab:blue", "mlp": "tab:orange"}
+    for r in t.itertuples():
+        ax.annotate(
+            "",
+            xy=(r.pred_tuned, r.steer_tuned),
+            xytext=(r.pred_base, r.steer_base),
+            arrowprops={"arrowstyle": "->", "color": colors[r.kind], "alpha": 0.55},
+        )
+    for kind, part in t.groupby("kind"):
+        ax.scatter(
+            part.pred_base,
+            part.steer_base,
+            facecolors="none",
+            edgecolors=colors[kind],
+            s=40,
+            label=f"{kind} in base",
+        )
+        ax.scatter(
+            part.pred_tuned, part.steer_tuned, color=colors[kind], s=40, label=f"{kind} in tuned"
+        )
+    for r in t.nlargest(n_labels, "moved").itertuples():
+        ax.annotate(
+            r.component,
+            (r.pred_tuned, r.steer_tuned),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=9,
+        )
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xlabel("prediction score: extra KL to the truth when ablated (nats/token)")
+    ax.set_ylabel(f"steering score: share of departure ({metric})")
+    ax.set_title(title or "Migration map: base (hollow) to tuned (filled)")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def layer_summary(scores: pd.DataFrame, *, metric: str = "kl_to_base") -> Figure:
+    """Per layer: the summed steering share of its heads and of its MLP, base and tuned."""
+    t = migration_table(scores, metric)
+    layers = sorted(t.layer.unique())
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    width = 0.38
+    x = np.arange(len(layers))
+    for ax, model in zip(axes, ("base", "tuned"), strict=True):
+        for i, kind in enumerate(("head", "mlp")):
+            sums = [t[(t.layer == L) & (t.kind == kind)][f"steer_{model}"].sum() for L in layers]
+            ax.bar(x + (i - 0.5) * width, sums, width, label=f"{kind}s")
+        ax.set_xticks(x, [f"L{L}" for L in layers])
+        ax.set_title(f"{model}: steering share by layer")
+        ax.axhline(0, color="grey", lw=0.6)
+    axes[0].set_ylabel(f"share of departure ({metric})")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
