@@ -50,8 +50,9 @@ def reliability_diagram(table: pd.DataFrame, *, title: str = "Reliability") -> F
         ax.scatter(part.confidence, part.accuracy, s=size, alpha=0.3)
     ax.set_xlabel("top-1 confidence")
     ax.set_ylabel("accuracy (expected, under the truth)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    top = min(1.0, 1.1 * float(max(table.confidence.max(), table.accuracy.max())))
+    ax.set_xlim(0, top)  # zoomed to the data: a world with high entropy never gets near 1
+    ax.set_ylim(0, top)
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
