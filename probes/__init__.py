@@ -1,3 +1,41 @@
-"""Steerlab's analyses: linear probes, activation patching, attribution, classification."""
+"""Probes: linear probes per layer and model (batched), controls, and their plots."""
 
-__all__: list[str] = []
+from probes.controls import CONTROLS, make_control, random_init_like, shuffle_control, type_control
+from probes.layerwise import ProbeConfig, ProbeResults, fit_probes, layer_of
+from probes.linear import PROBE_KINDS, Probe, ProbeKind, fit_linear, get_kind
+from probes.plots import plot_probe_scores
+from probes.solvers import LinearMap, SolverConfig, fit_diff_means, fit_logistic, fit_ridge
+from probes.source import ActivationSource, TensorSource, read_target
+from probes.splits import Split, split_by_sequence, standardize
+from probes.targets import organism_targets, reach_probability
+
+__all__ = [
+    "CONTROLS",
+    "PROBE_KINDS",
+    "ActivationSource",
+    "LinearMap",
+    "Probe",
+    "ProbeConfig",
+    "ProbeKind",
+    "ProbeResults",
+    "SolverConfig",
+    "Split",
+    "TensorSource",
+    "fit_diff_means",
+    "fit_linear",
+    "fit_logistic",
+    "fit_probes",
+    "fit_ridge",
+    "get_kind",
+    "layer_of",
+    "make_control",
+    "organism_targets",
+    "plot_probe_scores",
+    "random_init_like",
+    "reach_probability",
+    "read_target",
+    "shuffle_control",
+    "split_by_sequence",
+    "standardize",
+    "type_control",
+]

@@ -53,15 +53,19 @@ def _organism(ctx: SweepContext, spec: dict[str, Any]):
     from lab.organism.evaluate import read_card
     from lab.organism.labeler import Labeler
     from lab.organism.world import HMM
+    from probes.targets import reach_probability
 
     card = read_card(organism_dir("rlhf"))
     world, labeler = HMM.from_dict(card["world"]), Labeler.from_dict(card["labeler"])
     gen = torch.Generator().manual_seed(int(spec.get("seed", ctx.config.seed)))
     sample = world.sample(int(spec.get("n", 128)), int(spec.get("length", card["length"])), gen)
     data = Dataset.from_organism(sample, labeler, name="organism")
-    # reward to go: the labeler's utility still to come after each position (steering-like)
+    # steering-like targets: the labeler's utility still to come after each position, and the
+    # exact probability that the wedding scene occurs among the words still to come
     to_go = data.targets["utility"].flip(-1).cumsum(-1).flip(-1) - data.targets["utility"]
-    return replace(data, targets={**data.targets, "reward_to_go": to_go})
+    beliefs = sample.forward.beliefs
+    reach = reach_probability(world.transition, beliefs, world.scene_index("wedding"))
+    return replace(data, targets={**data.targets, "reward_to_go": to_go, "wedding_reach": reach})
 
 
 DATASET_SOURCES: dict[str, Callable[[SweepContext, dict[str, Any]], Any]] = {

@@ -1,0 +1,123 @@
+"""The batched solvers reach sklearn's answers on small problems (same inputs, same numbers)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression, Ridge
+
+from probes.solvers import SolverConfig, fit_diff_means, fit_logistic, fit_ridge, logistic_objective
+
+TIGHT = SolverConfig(tol=1e-9, max_iter=2000)
+
+
+def _problem(n=300, d=12, k=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, n, d, generator=gen, dtype=torch.float64)
+    w = torch.randn(d, k, generator=gen, dtype=torch.float64)
+    y = (x[0] @ w + 0.5 * torch.randn(n, k, generator=gen, dtype=torch.float64)).argmax(-1)
+    return x, y
+
+
+def _sklearn_objective(x, y, coef, intercept, c, weights=None):
+    z = x @ coef.T + intercept
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    w = np.ones(len(y)) if weights is None else weights
+    return -c * (w * logp[np.arange(len(y)), y]).sum() + 0.5 * (coef**2).sum()
+
+
+@pytest.mark.parametrize("c", [0.01, 1.0])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_logistic_matches_sklearn(c, balanced):
+    x, y = _problem()
+    weights = torch.ones(1, len(y), dtype=torch.float64)
+    if balanced:
+        counts = torch.bincount(y).double()
+        weights = (len(y) / (3 * counts))[y][None]
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    fit = fit_logistic(x, y[None], weights, torch.tensor([c]), mask, TIGHT)
+    for f in range(2):
+        sk = LogisticRegression(
+            C=c, tol=1e-12, max_iter=10000, class_weight="balanced" if balanced else None
+        ).fit(x[f].numpy(), y.numpy())
+        ours = fit.weight[f, 0].T.numpy()
+        np.testing.assert_allclose(ours, sk.coef_, atol=1e-4, rtol=1e-3)
+        obj_sk = _sklearn_objective(
+            x[f].numpy(), y.numpy(), sk.coef_, sk.intercept_, c, weights[0].numpy()
+        )
+        obj_ours, _ = logistic_objective(
+            x[f],
+            torch.cat([fit.weight[f], fit.bias[f][:, None]], 1),
+            y[None],
+            weights,
+            torch.tensor([c]),
+            mask,
+        )
+        assert abs(obj_ours.item() - obj_sk) <= 1e-7 * abs(obj_sk)
+        # Logits agree up to the intercept's free shift: compare predicted probabilities.
+        ours_p = torch.softmax(x[f] @ fit.weight[f, 0] + fit.bias[f, 0], -1).numpy()
+        np.testing.assert_allclose(ours_p, sk.predict_proba(x[f].numpy()), atol=1e-5)
+    assert fit.converged.all()
+
+
+def test_logistic_gradient_matches_autograd():
+    x, y = _problem(n=50, d=5)
+    theta = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    args = (y[None].expand(2, -1), torch.rand(2, 50, dtype=torch.float64), torch.tensor([0.3, 2.0]))
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    _, grad = logistic_objective(x[0], theta.detach(), *args, mask)
+    value_ad, _ = logistic_objective(x[0], theta, *args, mask)
+    (auto,) = torch.autograd.grad(value_ad.sum(), theta)
+    torch.testing.assert_close(grad, auto)
+
+
+def test_absent_class_is_masked():
+    x, y = _problem()
+    y = torch.where(y == 2, 0, y)  # class 2 never occurs
+    mask = torch.tensor([[True, True, False]])
+    fit = fit_logistic(x, y[None], torch.ones(1, len(y)), torch.tensor([1.0]), mask, TIGHT)
+    # Two classes: sklearn's binary model at C equals the multinomial at C / 2 (see probes.linear).
+    sk = LogisticRegression(C=2.0, tol=1e-12, max_iter=10000).fit(x[0].numpy(), y.numpy())
+    p = torch.softmax((x[0] @ fit.weight[0, 0] + fit.bias[0, 0])[:, :2], -1)
+    np.testing.assert_allclose(p.numpy(), sk.predict_proba(x[0].numpy()), atol=1e-5)
+
+
+def test_ridge_path_matches_sklearn():
+    x, _ = _problem()
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randn(2, 300, 4, generator=gen, dtype=torch.float64)  # two vector targets
+    alphas = [0.1, 10.0, 1000.0]
+    fit = fit_ridge(x, y, torch.tensor(alphas))
+    for f in range(2):
+        for t in range(2):
+            for r, alpha in enumerate(alphas):
+                sk = Ridge(alpha=alpha).fit(x[f].numpy(), y[t].numpy())
+                p = t * len(alphas) + r
+                np.testing.assert_allclose(fit.weight[f, p].numpy(), sk.coef_.T, atol=1e-8)
+                np.testing.assert_allclose(fit.bias[f, p].numpy(), sk.intercept_, atol=1e-8)
+
+
+def test_diff_means_directions():
+    x, y = _problem()
+    fit = fit_diff_means(
+        x, y[None], torch.ones(1, 300, dtype=torch.float64), torch.ones(1, 3, dtype=torch.bool)
+    )
+    for k in range(3):
+        expect = x[1][y == k].mean(0) - x[1][y != k].mean(0)
+        torch.testing.assert_close(fit.weight[1, 0, :, k], expect)
+
+
+def test_batched_objective_equals_one_feature_set_at_a_time():
+    x, y = _problem(n=40, d=5)
+    theta = torch.randn(2, 3, 6, 3, dtype=torch.float64)
+    args = (
+        y[None].expand(3, -1),
+        torch.rand(3, 40, dtype=torch.float64),
+        torch.tensor([0.1, 1.0, 5.0]),
+    )
+    mask = torch.ones(3, 3, dtype=torch.bool)
+    value, grad = logistic_objective(x, theta, *args, mask)
+    for f in range(2):
+        value_f, grad_f = logistic_objective(x[f], theta[f], *args, mask)
+        torch.testing.assert_close(value[f], value_f)
+        torch.testing.assert_close(grad[f], grad_f)
