@@ -28,7 +28,7 @@ from lab.errors import LabError
 from lab.types import Tokens
 from probes.cone import capture, check_eval, cone_positions, run_cone
 from probes.metrics import Metric, resolve_positions
-from probes.sites import Site, enumerate_sites, patch_activation, site_kind
+from probes.sites import Site, enumerate_sites, patching_hooks, site_kind
 
 __all__ = [
     "COLUMNS",
@@ -276,18 +276,7 @@ def patch_jointly(
     hooks = sorted({s.hook for s in sites})
     with torch.inference_mode():
         _, cache = source_model.run_with_cache(source_tokens, names_filter=lambda n: n in hooks)
-
-        def make(name):
-            def hook(act, hook):
-                act = act.clone()
-                for s in sites:
-                    if s.hook == name:
-                        patch_activation(act, cache[name].to(act.device), s, 0)
-                return act
-
-            return hook
-
-        logits = target_model.run_with_hooks(target_tokens, fwd_hooks=[(h, make(h)) for h in hooks])
+        logits = target_model.run_with_hooks(target_tokens, fwd_hooks=patching_hooks(sites, cache))
         bound = _Bound(metric, target_tokens.shape[1])
         bound.idx = list(range(len(bound.positions)))
         return bound(logits[:, bound.positions])

@@ -21,7 +21,15 @@ from torch import Tensor
 
 from lab.errors import LabError, close_matches
 
-__all__ = ["SITE_KINDS", "Site", "SiteKind", "enumerate_sites", "patch_activation", "site_kind"]
+__all__ = [
+    "SITE_KINDS",
+    "Site",
+    "SiteKind",
+    "enumerate_sites",
+    "patch_activation",
+    "patching_hooks",
+    "site_kind",
+]
 
 
 @dataclass(frozen=True)
@@ -154,3 +162,21 @@ def patch_activation(
         act[:, :, head] = source[:, rows, head]
     else:
         act[:, rows.index(site.position), head] = source[:, site.position, head]
+
+
+def patching_hooks(sites: Iterable[Site], cache: Any) -> list[tuple[str, Any]]:
+    """``fwd_hooks`` for ``run_with_hooks`` that write ``cache``'s activations (a full run of
+    the source, all positions) at every site; one hook per hook point."""
+    sites = list(sites)
+
+    def make(name: str):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            act = act.clone()
+            for s in sites:
+                if s.hook == name:
+                    patch_activation(act, cache[name].to(act.device), s, 0)
+            return act
+
+        return hook
+
+    return [(h, make(h)) for h in sorted({s.hook for s in sites})]

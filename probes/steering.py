@@ -17,7 +17,7 @@ from torch import Tensor
 
 from lab.types import Tokens
 from probes.cone import check_eval
-from probes.sites import Site, patch_activation
+from probes.sites import Site, patching_hooks
 
 __all__ = ["per_token_kl", "sample"]
 
@@ -48,17 +48,7 @@ def sample(
         if source is not None and sites:
             _, cache = source.run_with_cache(tokens, names_filter=lambda n: n in hooks)
 
-            def make(name: str, cache: Any = cache):
-                def hook(act: Tensor, hook: Any) -> Tensor:
-                    act = act.clone()
-                    for s in sites:
-                        if s.hook == name:
-                            patch_activation(act, cache[name].to(act.device), s, 0)
-                    return act
-
-                return hook
-
-            logits = model.run_with_hooks(tokens, fwd_hooks=[(h, make(h)) for h in hooks])
+            logits = model.run_with_hooks(tokens, fwd_hooks=patching_hooks(sites, cache))
         else:
             logits = model(tokens)
         probs = logits[:, -1].float().softmax(-1).cpu()

@@ -53,3 +53,36 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("[run\n")
     with pytest.raises(LabError, match="not valid TOML"):
         sweep.load_config(bad)
+
+
+def test_probes_refuse_a_store_built_from_other_models(pair_dirs, tmp_path):
+    from lab.checkpoints import data_dir
+    from lab.testing import TEST_SPECS, make_pair
+
+    base, tuned = pair_dirs("gpt2")
+    other = make_pair(tmp_path / "other", TEST_SPECS["gpt2"], seed=7)
+    steering = str(data_dir() / "prompts" / "steering.jsonl")
+    config = {
+        "run": {"out": str(tmp_path / "a"), "device": "cpu"},
+        "pairs": {
+            "tiny": {"base": str(base), "tuned": str(tuned)},
+            "other": {"base": str(other[0]), "tuned": str(other[1])},
+        },
+        "datasets": {"prompts": {"source": "jsonl", "path": steering}},
+        "analyses": [{"kind": "cache", "pair": "tiny", "dataset": "prompts"}],
+    }
+    out = sweep.run(config)
+    store = out / "stores" / "tiny-prompts"
+    config["analyses"] = [
+        {
+            "kind": "probes",
+            "pair": "other",
+            "dataset": "prompts",
+            "store": str(store),
+            "targets": ["x"],
+        }
+    ]
+    with pytest.raises(
+        LabError, match=r"built from other models: its base is .* but .* has '.*other/base'"
+    ):
+        sweep.run(config)
