@@ -112,6 +112,7 @@ def _run_section(run: RunDir, _: CircuitsVisPage) -> str:
 _EVAL_COLS = (
     "excess_loss",
     "ece",
+    "entropy",
     "kl_to_world",
     "wedding_reach",
     "impossible_transition_rate",
