@@ -10,9 +10,10 @@ stands in, and the report says so).
   the largest difference from ``transformer_lens.patching`` on the same inputs (float32).
 - faster: the resid_pre layer-by-position denoising sweep (clean and corrupted prompts differing
   at two positions), ``transformer_lens.patching`` (its clean run_with_cache included) against
-  ``probes.patching.denoise``, alternated, best of the repeats. ``speedup_vs_transformer_lens`` is
-  the default configuration (exact skip of patches that write the target's own values on);
-  ``speedup_all_sites_run`` runs every site's cone. ``--quick`` sweeps 3 of GPT-2 small's layers.
+  ``probes.patching.denoise``, alternated, best of the repeats (9 on the organism), one torch
+  thread each by default. ``speedup_vs_transformer_lens`` is the default configuration (exact
+  skip of patches that write the target's own values on); ``speedup_all_sites_run`` runs every
+  site's cone. ``--quick`` sweeps 3 of GPT-2 small's layers.
 - organism: cross-model patching of every head and MLP (all positions), base activation into the
   tuned model (share of its excess wedding-word probability and of KL(tuned || base) removed) and
   tuned into base (share induced); the top components, the share that the top five carry when
@@ -22,6 +23,7 @@ stands in, and the report says so).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -113,7 +115,9 @@ def equal(tmp: Path, device: str) -> dict:
 
 # ---- faster ----------------------------------------------------------------------------------
 def timed(fn, device: str):
-    """(wall seconds, this process's CPU seconds, result): CPU time is robust to other load."""
+    """(wall seconds, this process's CPU seconds, result): CPU time is robust to other load.
+    Garbage from earlier runs is collected first, so no run pays for another's."""
+    gc.collect()
     sync(device)
     t, c = time.perf_counter(), time.process_time()
     result = fn()
@@ -291,7 +295,7 @@ def main() -> None:
             metric = TokenSetProb(tokens=wedding)
             key = f"{name.split()[0]}_batch{batch}"
             result["speed"][key] = speed(
-                pair.tuned, clean, corrupted, metric, range(pair.cfg.n_layers), dev, 5, rows
+                pair.tuned, clean, corrupted, metric, range(pair.cfg.n_layers), dev, 9, rows
             )
             log(f"speed {key}: {result['speed'][key]}")
         result["speedup_vs_transformer_lens"] = {

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from lab.errors import LabError
 from lab.types import Tokens
-from probes.lanes import KWARG_RULES, Lanes, pack_lanes
-from probes.sites import SITE_KINDS, Site, patch_activation
+from probes.lanes import KWARG_RULES, Lanes, pack_lanes, patch_hook
+from probes.sites import SITE_KINDS, Site
 
 __all__ = [
     "TargetRun",
@@ -129,11 +129,16 @@ class TargetRun:
         total = int(self.tokens.shape[0])
 
         def part(lo: int, hi: int) -> TargetRun:
+            done: dict[int, Any] = {}  # blocks share arguments (one mask): cut each once
+
             def cut(x: Any) -> Any:
-                if isinstance(x, tuple):
-                    return tuple(cut(t) for t in x)
-                batched = isinstance(x, Tensor) and x.ndim > 0 and x.shape[0] == total
-                return x[lo:hi] if batched else x
+                if id(x) not in done:
+                    if isinstance(x, tuple):
+                        done[id(x)] = tuple(cut(t) for t in x)
+                    else:
+                        batched = isinstance(x, Tensor) and x.ndim > 0 and x.shape[0] == total
+                        done[id(x)] = x[lo:hi] if batched else x
+                return done[id(x)]
 
             return TargetRun(
                 model=self.model,
@@ -278,60 +283,61 @@ def run_cone(
     """Every site's patched logits at positions ``read``, from one run of their cones.
 
     Each site must reach ``read`` (``cone_positions`` not empty). Site g's cone is one segment
-    of rows in a lane (``probes.lanes``), run from the lowest layer among ``sites`` (below its
-    own layer a segment just recomputes the cached run, exactly); ``sources[hook]`` holds the
-    source run's activation (all positions) at each site's hook.
+    of rows in a lane (``probes.lanes``) that joins the forward at the site's layer, from the
+    cached run's input to that block; ``sources[hook]`` holds the source run's activation (all
+    positions) at each site's hook.
     """
     model, (batch, n_pos) = run.model, run.tokens.shape
     layer, n_layers = min(s.layer for s in sites), len(run.block_inputs)
     segments = [cone_positions(s, n_layers, n_pos, read.tolist()) for s in sites]
-    lanes = pack_lanes(segments, n_pos, batch, run.tokens.device)
+    lanes = pack_lanes(segments, n_pos, batch, run.tokens.device, [s.layer for s in sites])
+    live = {i: lanes.live(i) for i in range(layer, n_layers)}  # lanes run by block i
     by_hook: dict[str, list[int]] = {}
     for g, s in enumerate(sites):
         by_hook.setdefault(s.hook, []).append(g)
 
-    def make_hook(members: list[int], source: Tensor):
-        def hook(act, hook):
-            act = act.contiguous().clone()
-            for g in members:
-                patch_activation(lanes.rows(act, g), source, sites[g], positions=segments[g])
-            return act
-
-        return hook
-
-    fwd_hooks = [(name, make_hook(members, sources[name])) for name, members in by_hook.items()]
+    fwd_hooks = [
+        (name, patch_hook(lanes, {g: sites[g] for g in members}, sources[name]))
+        for name, members in by_hook.items()
+    ]
     kv = _KV(
-        {i: (lanes.tile(run.keys[i]), lanes.tile(run.values[i])) for i in range(layer, n_layers)}
+        {
+            i: (lanes.tile(run.keys[i], live[i]), lanes.tile(run.values[i], live[i]))
+            for i in range(layer, n_layers)
+        }
     )
-    hidden = lanes.gather(run.block_inputs[layer])
+    hidden = lanes.gather(run.block_inputs[layer], slice(0, live[layer]))
     with hooked(run.points, fwd_hooks), _attention_kv(model, range(layer, n_layers), kv):
         adapted: dict[tuple[str, int], Any] = {}  # blocks often share one mask: adapt it once
         for i in range(layer, n_layers):
+            running = hidden.shape[0] // batch
+            if live[i] > running:  # lanes whose cones start here join from the cached run
+                joining = lanes.gather(run.block_inputs[i], slice(running, live[i]))
+                hidden = torch.cat([hidden, joining])
             kwargs = {}
             for name, value in run.block_kwargs[i].items():
                 key = (name, id(value))
                 if key not in adapted:
                     rule = KWARG_RULES.get(name)
                     adapted[key] = rule(value, lanes) if rule else value
-                kwargs[name] = adapted[key]
+                kwargs[name] = lanes.first(adapted[key], live[i])
             out = model.blocks[i](hidden, **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
-    return _read(run, hidden, lanes, segments, read)
+    return _read(run, hidden, lanes, read)
 
 
-def _read(run: TargetRun, hidden: Tensor, lanes: Lanes, segments, read: Tensor) -> Tensor:
+def _read(run: TargetRun, hidden: Tensor, lanes: Lanes, read: Tensor) -> Tensor:
     """Logits at ``read`` per site: unembedded where the cone reaches, cached elsewhere."""
-    out = run.logits[:, read].unsqueeze(0).repeat(len(segments), 1, 1, 1)
-    pairs = [
-        (g, j, seg.index(r))
-        for g, seg in enumerate(segments)
-        for j, r in enumerate(read.tolist())
-        if r in seg
-    ]
-    if pairs:
-        picked = torch.stack([lanes.rows(hidden, g)[:, row] for g, _, row in pairs], 1)
-        logits = unembed(run.model, picked)  # batch pair vocab
-        g_idx = torch.tensor([g for g, _, _ in pairs], device=out.device)
-        j_idx = torch.tensor([j for _, j, _ in pairs], device=out.device)
-        out[g_idx, :, j_idx] = logits.transpose(0, 1)
+    n_sites, reads = len(lanes.segments), read.tolist()
+    out = run.logits[:, read].unsqueeze(0).repeat(n_sites, 1, 1, 1)
+    where: list[list[int]] = [[], [], [], []]  # site, read index, lane, row
+    for g, seg in enumerate(lanes.segments):
+        js = [j for j, r in enumerate(reads) if r in seg]
+        at = lanes.locate(g, [reads[j] for j in js])
+        for part, values in zip(where, ([g] * len(js), js, *at), strict=True):
+            part += values
+    if where[0]:
+        site, j, lane, row = (torch.tensor(x, device=out.device) for x in where)
+        logits = unembed(run.model, lanes.by_lane(hidden)[lane, :, row].transpose(0, 1))
+        out[site, :, j] = logits.transpose(0, 1)  # logits: batch pair vocab
     return out

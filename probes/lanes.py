@@ -3,23 +3,28 @@
 A site's downstream cone covers positions ``start..n_pos`` of every prompt: one *segment* of
 rows. Segments are packed end to end into *lanes* of at most ``n_pos`` rows (first fit,
 longest first), and lanes are stacked along the batch: a forward then holds many sites with
-almost no padding and attention stays ``n_pos`` wide. Each row sees the cached run's keys before
-its segment's start and its own segment's keys, as the model's own mask allows its position; the
-HF arguments that depend on position (rotary tables, position ids, the mask) are gathered by
-name (``KWARG_RULES``), so no architecture needs code of its own.
+almost no padding and attention stays ``n_pos`` wide. A lane holds cones that start at one
+layer, and lanes are in order of it: a block runs only the lanes that start at or below it (a
+prefix of the batch), and the others join at their own layer from the cached run. Each row sees
+the cached run's keys before its segment's start and its own segment's keys, as the model's own
+mask allows its position; the HF arguments that depend on position (rotary tables, position
+ids, the mask) are gathered by name (``KWARG_RULES``), so no architecture needs code of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-__all__ = ["KWARG_RULES", "Lanes", "pack_lanes"]
+from probes.sites import Site
+
+__all__ = ["KWARG_RULES", "Lanes", "pack_lanes", "patch_hook"]
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,10 @@ class Lanes:
     segment: Int[Tensor, "lane row"]  # the site each row belongs to (padding: n_segments)
     member: Bool[Tensor, "segment_pad pos"]  # which positions each segment recomputes
     where: tuple[tuple[int, int, int], ...]  # per site: (lane, first row, rows)
+    segments: tuple[tuple[int, ...], ...]  # per site: the positions its rows hold
     batch: int  # prompts per lane
     n_pos: int  # prompt length
+    starts: tuple[int, ...] = ()  # per lane, ascending: the layer its cones start at (none: 0)
 
     @property
     def n_lanes(self) -> int:
@@ -41,21 +48,39 @@ class Lanes:
     def width(self) -> int:
         return int(self.positions.shape[1])
 
-    def gather(self, x: Tensor) -> Tensor:
-        """``(1|batch) pos ...`` at every lane's rows: ``(lane batch) row ...``."""
-        picked = x[:, self.positions].transpose(0, 1)  # lane (1|batch) row ...
-        picked = picked.expand(self.n_lanes, self.batch, *picked.shape[2:])
-        return picked.reshape(self.n_lanes * self.batch, *picked.shape[2:])
+    def live(self, layer: int) -> int:
+        """How many lanes run at ``layer``: those starting at or below it, the first ones."""
+        return sum(1 for s in self.starts if s <= layer) if self.starts else self.n_lanes
 
-    def tile(self, x: Tensor) -> Tensor:
-        """``batch ...`` repeated for every lane: ``(lane batch) ...``."""
-        return x.repeat(self.n_lanes, *([1] * (x.ndim - 1)))
+    def gather(self, x: Tensor, lanes: slice = slice(None)) -> Tensor:
+        """``(1|batch) pos ...`` at the rows of ``lanes`` (all): ``(lane batch) row ...``."""
+        picked = x[:, self.positions[lanes]].transpose(0, 1)  # lane (1|batch) row ...
+        picked = picked.expand(picked.shape[0], self.batch, *picked.shape[2:])
+        return picked.reshape(-1, *picked.shape[2:])
 
-    def rows(self, act: Tensor, site: int) -> Tensor:
-        """A view of ``act`` (``(lane batch) row ...``) at one site's segment: ``batch seg ...``."""
-        lane, first, n = self.where[site]
-        by_lane = act.view(self.n_lanes, self.batch, *act.shape[1:])
-        return by_lane[lane, :, first : first + n]
+    def tile(self, x: Tensor, n_lanes: int | None = None) -> Tensor:
+        """``batch ...`` repeated for ``n_lanes`` lanes (all): ``(lane batch) ...``."""
+        return x.repeat(self.n_lanes if n_lanes is None else n_lanes, *([1] * (x.ndim - 1)))
+
+    def locate(self, site: int, positions: Sequence[int]) -> tuple[list[int], list[int]]:
+        """The lane and the row of each of ``positions`` in one site's segment."""
+        lane, first, _ = self.where[site]
+        row = {p: first + i for i, p in enumerate(self.segments[site])}
+        return [lane] * len(positions), [row[p] for p in positions]
+
+    def by_lane(self, act: Tensor) -> Tensor:
+        """A view of ``act`` (``(lane batch) row ...``, the first lanes or all) as ``lane batch
+        row ...``: index it with (lanes, :, rows) to read or write cells."""
+        return act.view(-1, self.batch, *act.shape[1:])
+
+    def first(self, x: Any, n_lanes: int) -> Any:
+        """An adapted block argument (``(lane batch) ...`` or a tuple of them) cut to the first
+        ``n_lanes`` lanes; anything else as it is."""
+        if isinstance(x, tuple):
+            return tuple(self.first(t, n_lanes) for t in x)
+        total = self.n_lanes * self.batch
+        lane_rows = isinstance(x, Tensor) and x.ndim > 0 and x.shape[0] == total
+        return x[: n_lanes * self.batch] if lane_rows and n_lanes < self.n_lanes else x
 
     def mask(self, mask: Tensor | None) -> Float[Tensor, "lb 1 row key"]:
         """The additive mask over [the cached run's ``n_pos`` keys, the lane's own rows]: a row
@@ -92,19 +117,28 @@ def _low(mask: Tensor | None) -> float:
 
 
 def pack_lanes(
-    segments: Sequence[Sequence[int]], n_pos: int, batch: int, device: Any = None
+    segments: Sequence[Sequence[int]],
+    n_pos: int,
+    batch: int,
+    device: Any = None,
+    starts: Sequence[int] | None = None,
 ) -> Lanes:
     """Pack segments (the positions each site recomputes) into lanes of ``n_pos`` rows, first
-    fit, longest first."""
-    order = sorted(range(len(segments)), key=lambda g: -len(segments[g]))
+    fit, longest first; with ``starts`` (each segment's first layer), a lane holds segments of
+    one start, and lanes are in order of it."""
+    start = list(starts) if starts is not None else [0] * len(segments)
+    order = sorted(range(len(segments)), key=lambda g: (start[g], -len(segments[g])))
     lanes: list[list[int]] = []
     free: list[int] = []
+    lane_start: list[int] = []
     for g in order:
         need = len(segments[g])
-        lane = next((i for i, room in enumerate(free) if room >= need), None)
+        fits = (i for i, room in enumerate(free) if room >= need and lane_start[i] == start[g])
+        lane = next(fits, None)
         if lane is None:
             lanes.append([])
             free.append(max(n_pos, need))
+            lane_start.append(start[g])
             lane = len(lanes) - 1
         lanes[lane].append(g)
         free[lane] -= need
@@ -121,19 +155,45 @@ def pack_lanes(
         pad = width - len(pos)  # padding rows: the last position, seeing only cached key 0
         positions.append(pos + [n_pos - 1] * pad)
         segment.append(seg + [pad_segment] * pad)
-    member = [[False] * n_pos for _ in range(len(segments) + 1)]
-    for g, seg_positions in enumerate(segments):
-        for p in seg_positions:
-            member[g][p] = True
-    member[pad_segment][1:] = [True] * (n_pos - 1)
+    member = np.zeros((len(segments) + 1, n_pos), dtype=bool)
+    flat = [(g, p) for g, seg_positions in enumerate(segments) for p in seg_positions]
+    if flat:
+        member[tuple(np.array(flat).T)] = True
+    member[pad_segment, 1:] = True
     return Lanes(
-        positions=torch.tensor(positions, device=device),
-        segment=torch.tensor(segment, device=device),
-        member=torch.tensor(member, device=device),
+        positions=torch.from_numpy(np.array(positions, dtype=np.int64)).to(device),
+        segment=torch.from_numpy(np.array(segment, dtype=np.int64)).to(device),
+        member=torch.from_numpy(member).to(device),
         where=tuple(where[g] for g in range(len(segments))),
+        segments=tuple(tuple(seg) for seg in segments),
         batch=batch,
         n_pos=n_pos,
+        starts=tuple(lane_start),
     )
+
+
+def patch_hook(lanes: Lanes, sites: Mapping[int, Site], source: Tensor) -> Callable:
+    """A TransformerLens hook that writes ``source`` (``batch pos [head] d``, all positions) at
+    every site's cells of its segment (``sites``: lane site index -> site), with one indexed copy
+    for the sites of each head (or of all heads)."""
+    plans: dict[int | None, list[list[int]]] = {}  # head -> [lanes, rows, positions]
+    for g, s in sites.items():
+        positions = list(lanes.segments[g]) if s.position is None else [s.position]
+        plan = plans.setdefault(s.head, [[], [], []])
+        for part, values in zip(plan, (*lanes.locate(g, positions), positions), strict=True):
+            part += values
+    index = [(h, *(torch.tensor(x, device=source.device) for x in p)) for h, p in plans.items()]
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        act = act.contiguous().clone()
+        for head, lane, row, pos in index:
+            if head is None:
+                lanes.by_lane(act)[lane, :, row] = source[:, pos].transpose(0, 1)
+            else:
+                lanes.by_lane(act)[lane, :, row, head] = source[:, pos, head].transpose(0, 1)
+        return act
+
+    return hook
 
 
 def _positional(x: Any, lanes: Lanes) -> Any:

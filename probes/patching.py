@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -75,8 +76,9 @@ def _as_sites(sites: str | Iterable[Site], model: Any, n_pos: int, by_position: 
     if isinstance(sites, str):
         return list(enumerate_sites(sites, model, n_pos, by_position=by_position))
     sites = list(sites)
+    kinds = {name: site_kind(name, model) for name in {s.kind for s in sites}}  # hook_dict is slow
     for s in sites:
-        kind = site_kind(s.kind, model)
+        kind = kinds[s.kind]
         if not 0 <= s.layer < int(model.cfg.n_layers):
             raise LabError(f"{s} is past the model's {model.cfg.n_layers} layers.")
         if s.position is not None and not 0 <= s.position < n_pos:
@@ -122,11 +124,19 @@ class _Bound:
         return values.float().view(copies, batch).mean(1).tolist()
 
 
-def _unchanged(site: Site, target: torch.Tensor, source: torch.Tensor) -> bool:
-    """Whether the patch writes exactly what is already there (then it changes nothing)."""
-    head = slice(None) if site.head is None else site.head
-    pos = slice(None) if site.position is None else site.position
-    return torch.equal(target[:, pos, head], source[:, pos, head])
+def _unchanged(
+    sites: Sequence[Site], target: dict[str, torch.Tensor], source: dict[str, torch.Tensor]
+) -> set[Site]:
+    """The sites whose patch writes exactly what is already there (it changes nothing)."""
+    same = {  # per hook, pos [head]: whether target and source agree on every prompt and unit
+        h: (target[h] == source[h]).all(0).all(-1).cpu().numpy() for h in {s.hook for s in sites}
+    }
+    out = set()
+    for s in sites:
+        cell = same[s.hook] if s.position is None else same[s.hook][s.position]
+        if (cell if s.head is None else cell[..., s.head]).all():
+            out.add(s)
+    return out
 
 
 def _groups(todo: list[tuple[Site, int]], rows_per_forward: int) -> list[list[Site]]:
@@ -192,16 +202,18 @@ def patch(
 
     values: dict[Site, list[float]] = {}
     todo, reads, n_layers = [], read.tolist(), int(target_model.cfg.n_layers)
+    unchanged = _unchanged(site_list, run.acts, acts) if config.skip_unchanged else set()
     for s in sorted(site_list, key=lambda s: (s.layer, s.first_position)):
         rows = len(cone_positions(s, n_layers, n_pos, reads))
-        if not rows or (config.skip_unchanged and _unchanged(s, run.acts[s.hook], acts[s.hook])):
+        if not rows or s in unchanged:
             values[s] = base_target  # the patch cannot change what the metrics read
         else:
             todo.append((s, rows))
     groups = _groups(todo, config.rows_per_forward)
 
     with torch.inference_mode():
-        for group in tqdm(groups, disable=not config.progress, desc="patching", leave=False):
+        bar = tqdm(groups, desc="patching", leave=False) if config.progress else groups
+        for group in bar:
             logits = run_cone(run, group, acts, read_dev)
             scores = [m.many(logits) for m in bound]
             for g, s in enumerate(group):
@@ -216,9 +228,13 @@ def patch(
             columns["target"].append(t)
             columns["source"].append(src)
             columns["share"].append((v - t) / (src - t) if src != t else float("nan"))
-    columns["head"] = pd.array(columns["head"], dtype="Int64")
-    columns["position"] = pd.array(columns["position"], dtype="Int64")
-    return pd.DataFrame(columns)
+    table: dict[str, Any] = {c: columns[c] for c in ("site", "metric")}
+    table["layer"] = np.array(columns["layer"], dtype=np.int64)
+    for c in ("head", "position"):
+        table[c] = pd.array(columns[c], dtype="Int64")
+    for c in ("value", "target", "source", "share"):
+        table[c] = np.array(columns[c], dtype=np.float64)
+    return pd.DataFrame({c: table[c] for c in COLUMNS})
 
 
 def _device(model: Any) -> torch.device:

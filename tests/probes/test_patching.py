@@ -227,3 +227,23 @@ def test_refuses_metric_positions_past_the_prompt(pairs):
     metric = LogProb(positions=(12,), targets=torch.tensor([1, 2]))
     with pytest.raises(LabError, match="reads positions"):
         patch(pairs("gpt2").base, *prompts()[:1], pairs("gpt2").base, prompts()[0], "z", metric)
+
+
+def test_one_hook_with_single_heads_and_all_heads_in_one_run(pairs):
+    """One hook point patched for one head and for all heads, at a position and at all of them,
+    in one forward; lanes of layer 1 join the run at block 1."""
+    model = pairs("gpt2").base
+    clean, corrupted = prompts()
+    metric = logit_diff()
+    sites = [
+        Site("z", 0, 1, 2),
+        Site("z", 0, None, 5),
+        Site("z", 0, 3),
+        Site("z", 1, 0, 4),
+        Site("z", 1),
+        Site("resid_pre", 1, position=2),
+    ]
+    cfg = PatchConfig(progress=False, skip_unchanged=False)
+    table = denoise(model, clean, corrupted, sites, metric, config=cfg)
+    for site, value in zip(sites, table["value"], strict=True):
+        assert value == pytest.approx(naive(model, corrupted, model, clean, site, metric), abs=ATOL)
