@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from lab.errors import LabError
-from probes.classify import ClassifyConfig, classify, score_components
+from probes.classify import ClassifyConfig, classify, component_site, score_components
 from probes.metrics import KLMetric, Metric, TokenSetProb
 from probes.migration import top_steering
 from probes.patching import PatchConfig, cross_model, patch_jointly
@@ -136,14 +136,8 @@ def _done(ctx: SweepContext, kind: str) -> pd.DataFrame:
     return pd.read_parquet(parts[-1])
 
 
-def _sites(names: list[str]) -> list[Site]:
-    out = []
-    for name in names:
-        layer, rest = name[1:].split("H") if "H" in name else (name[1:].split(" ")[0], None)
-        out.append(
-            Site("z", int(layer), int(rest)) if rest is not None else Site("mlp_out", int(layer))
-        )
-    return out
+def _sites(table: pd.DataFrame) -> list[Site]:
+    return [component_site(r.kind, r.layer, r.head) for r in table.itertuples()]
 
 
 @dataclass(frozen=True)
@@ -160,8 +154,8 @@ def joint_job(ctx: SweepContext, p: JointParams) -> pd.DataFrame:
     from lab.metrics import scene_reach
 
     scores = _done(ctx, "classify")
-    names = top_steering(scores, n=p.top)["component"].tolist()
-    sites, pair = _sites(names), ctx.pair()
+    top = top_steering(scores, n=p.top)
+    names, sites, pair = top["component"].tolist(), _sites(top), ctx.pair()
     tokens = _tokens(ctx, p.n_prompts)
     kl = _metrics(ctx, tokens, [])["kl_to_base"]
     kl_tuned = patch_jointly(pair.tuned, tokens, pair.tuned, tokens, [], kl)
@@ -208,7 +202,8 @@ class ExamplesParams:
 def examples_job(ctx: SweepContext, p: ExamplesParams) -> pd.DataFrame:
     pair = ctx.pair()
     scores = _done(ctx, "classify")
-    heads = top_steering(scores[scores.kind == "head"], n=p.heads)["component"].tolist()
+    top = top_steering(scores[scores.kind == "head"], n=p.heads)
+    heads = top["component"].tolist()
     tokens = _tokens(ctx, 1)
     g = torch.Generator().manual_seed(ctx.config.seed)
     prompt = tokens[:, : p.prompt_len]
@@ -218,7 +213,7 @@ def examples_job(ctx: SweepContext, p: ExamplesParams) -> pd.DataFrame:
     _, cache = pair.tuned.run_with_cache(
         text.to(pair.device), names_filter=lambda n: n.endswith("hook_pattern")
     )
-    pats = [cache[f"blocks.{s.layer}.attn.hook_pattern"][0, s.head].tolist() for s in _sites(heads)]
+    pats = [cache[f"blocks.{s.layer}.attn.hook_pattern"][0, s.head].tolist() for s in _sites(top)]
     kl = per_token_kl(pair.tuned, pair.base, text)[0]
     # position t's KL is about the next token: show it on the token it predicts
     values = [0.0, *kl[:-1].tolist()]

@@ -37,7 +37,14 @@ from probes.metrics import KLMetric, Metric
 from probes.patching import PatchConfig, cross_model, patch
 from probes.sites import Site, enumerate_sites
 
-__all__ = ["ClassifyConfig", "classify", "component_name", "component_sites", "score_components"]
+__all__ = [
+    "ClassifyConfig",
+    "classify",
+    "component_name",
+    "component_site",
+    "component_sites",
+    "score_components",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,11 @@ def component_sites(model: Any, n_pos: int) -> list[Site]:
     heads = enumerate_sites("z", model, n_pos, by_position=False)
     mlps = enumerate_sites("mlp_out", model, n_pos, by_position=False)
     return sorted([*heads, *mlps], key=lambda s: (s.layer, s.kind != "z", s.head or 0))
+
+
+def component_site(kind: str, layer: int, head: Any) -> Site:
+    """The patching site of a classified component (a row's ``kind``, ``layer``, ``head``)."""
+    return Site("z", int(layer), int(head)) if kind == "head" else Site("mlp_out", int(layer))
 
 
 def component_name(site: Site) -> str:
