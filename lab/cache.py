@@ -43,7 +43,7 @@ from lab.store import (
     write_manifest,
 )
 
-__all__ = ["cache_pair"]
+__all__ = ["cache_pair", "weights_fingerprint"]
 
 _PACKAGES = ("torch", "transformers", "transformer-lens", "safetensors", "steerlab")
 
@@ -75,7 +75,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _fingerprint(model: Any) -> str:
+def weights_fingerprint(model: Any) -> str:
     """A cheap hash of the weights: the first and last values of every parameter."""
     h = hashlib.sha256()
     for name, p in model.named_parameters():
@@ -94,7 +94,7 @@ def _manifest(pair, dataset: Dataset, plan: HookPlan, dtype, batch_size, padding
     return {
         "format": FORMAT,
         "models": {
-            role: {"source": pair.sources.get(role, role), "fingerprint": _fingerprint(m)}
+            role: {"source": pair.sources.get(role, role), "fingerprint": weights_fingerprint(m)}
             for role, m in pair.models.items()
         },
         "hooks": list(plan.names),

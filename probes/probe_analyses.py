@@ -67,7 +67,7 @@ class ProbesParams:
 
 
 def _open_checked(ctx: SweepContext, p: ProbesParams) -> Any:
-    from lab.cache import _fingerprint
+    from lab.cache import weights_fingerprint
     from lab.store import ActivationStore
 
     path = Path(p.store) if p.store else store_path(ctx)
@@ -79,7 +79,7 @@ def _open_checked(ctx: SweepContext, p: ProbesParams) -> Any:
     store = ActivationStore.open(path)
     pair = ctx.pair()
     for role, info in store.manifest["models"].items():
-        if role in pair.models and info["fingerprint"] != _fingerprint(pair.models[role]):
+        if role in pair.models and info["fingerprint"] != weights_fingerprint(pair.models[role]):
             raise LabError(
                 f"The store at {path} was built from other models: its {role} is "
                 f"{info['source']!r} (weights {info['fingerprint']}), but this sweep's pair "
