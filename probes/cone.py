@@ -8,7 +8,9 @@ the keys/values its attention stored. ``run_cone`` then runs only blocks L.. on 
 run's keys and values enter as a prefix, as in cached generation, through the
 ``past_key_values.update`` call that every TransformerBridge attention makes, and a mask lets
 each row see the cached keys its cone does not recompute. Many cones share one forward
-(``probes.lanes``). Only the positions a metric reads are unembedded. No per-architecture code:
+(``probes.lanes``). In the last block, when few rows are read, the other rows stop once their
+keys and values are made (``probes.tail``; the capture run does the same), and only the positions
+a metric reads are unembedded. No per-architecture code:
 block arguments are adapted by name (``probes.lanes.KWARG_RULES``), and the bridge's own blocks,
 final norm and unembedding do the arithmetic.
 """
@@ -16,27 +18,26 @@ final norm and unembedding do the arithmetic.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from lab.errors import LabError
 from lab.types import Tokens
 from probes.lanes import KWARG_RULES, Lanes, pack_lanes, patch_hook
 from probes.sites import SITE_KINDS, Site
+from probes.tail import KV, Adapter, attention_kv, hooked, keys_pass, query_pass, worth_splitting
 
 __all__ = [
     "TargetRun",
     "capture",
     "check_eval",
     "cone_positions",
-    "hooked",
     "run_cone",
     "unembed",
 ]
@@ -50,56 +51,6 @@ def check_eval(*models: Any) -> None:
                 "Patching needs models in eval mode (dropout off), but one is in training mode. "
                 "Call model.eval() first; lab.load_pair returns both models in eval mode."
             )
-
-
-class _KV:
-    """The object that bridge attentions call ``update(k, v, layer)`` on: records or prefixes."""
-
-    def __init__(self, prefix: dict[int, tuple[Tensor, Tensor]] | None = None):
-        self.prefix = prefix
-        self.seen: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def update(self, k: Tensor, v: Tensor, layer: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
-        if self.prefix is None:
-            self.seen[layer] = (k, v)
-            return k, v
-        pk, pv = self.prefix[layer]
-        return torch.cat([pk, k], dim=-2), torch.cat([pv, v], dim=-2)
-
-
-@contextmanager
-def hooked(points: Mapping[str, Any], fwd_hooks: Sequence[tuple[str, Any]]) -> Iterator[None]:
-    """TransformerLens forward hooks (name, fn) on resolved hook points, removed on exit.
-
-    Like ``model.hooks`` without resolving names again on every call (a cone run is short).
-    """
-    added = []
-    try:
-        for name, fn in fwd_hooks:
-            point = points[name]
-            added.append((point, point.add_hook(fn, dir="fwd")))
-        yield
-    finally:
-        for point, handle in added:
-            handle.hook.remove()
-            point.fwd_hooks[:] = [h for h in point.fwd_hooks if h is not handle]
-
-
-@contextmanager
-def _attention_kv(model: Any, layers: Sequence[int], kv: _KV) -> Iterator[None]:
-    """Hand ``kv`` to the attentions of ``layers`` as their past_key_values."""
-
-    def inject(module, args, kwargs):
-        return args, {**kwargs, "past_key_values": kv}
-
-    handles = [
-        model.blocks[i].attn.register_forward_pre_hook(inject, with_kwargs=True) for i in layers
-    ]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # Block arguments with a batch axis first (masks, rotary tables, position ids).
@@ -116,7 +67,8 @@ class TargetRun:
     block_kwargs: list[dict[str, Any]]  # named arguments the HF model passed each block
     keys: list[Tensor]  # per block: batch kv_head pos d_head, as its attention stored them
     values: list[Tensor]  # per block: batch kv_head pos d_head
-    logits: Float[Tensor, "batch pos vocab"]  # the unpatched output
+    logits: Float[Tensor, "batch read vocab"]  # the unpatched output at the positions read
+    read: tuple[int, ...]  # those positions
     acts: dict[str, Tensor]  # activations at the hooks asked for, all positions
     points: dict[str, Any]  # those hooks' HookPoints by name
 
@@ -151,6 +103,7 @@ class TargetRun:
                 keys=[cut(x) for x in self.keys],
                 values=[cut(x) for x in self.values],
                 logits=cut(self.logits),
+                read=self.read,
                 acts={k: cut(v) for k, v in self.acts.items()},
                 points=self.points,
             )
@@ -188,11 +141,14 @@ def _named(block: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     return named
 
 
-def capture(model: Any, tokens: Tokens, hooks: Sequence[str] = ()) -> TargetRun:
-    """Run ``model`` on ``tokens`` once, keeping what every downstream cone reuses (and the
-    activations at ``hooks``)."""
+def capture(
+    model: Any, tokens: Tokens, hooks: Sequence[str] = (), read: Sequence[int] | None = None
+) -> TargetRun:
+    """Run ``model`` on ``tokens`` once, keeping what every downstream cone reuses, the
+    activations at ``hooks`` (all positions) and the logits at ``read`` (all positions)."""
     check_eval(model)
-    n_layers = int(model.cfg.n_layers)
+    n_layers, n_pos = int(model.cfg.n_layers), int(tokens.shape[1])
+    last, read = n_layers - 1, tuple(range(n_pos)) if read is None else tuple(read)
     inputs: list[Tensor | None] = [None] * n_layers
     kwargs_by_block: list[dict | None] = [None] * n_layers
 
@@ -203,7 +159,7 @@ def capture(model: Any, tokens: Tokens, hooks: Sequence[str] = ()) -> TargetRun:
 
         return hook
 
-    kv = _KV()
+    kv = KV()
     acts: dict[str, Tensor] = {}
     hook_dict = model.hook_dict
     points = {h: hook_dict[h] for h in hooks}
@@ -215,25 +171,26 @@ def capture(model: Any, tokens: Tokens, hooks: Sequence[str] = ()) -> TargetRun:
 
         return save
 
+    savers = [(h, saver(h)) for h in hooks]
     handles = [
         model.blocks[i].register_forward_pre_hook(recorder(i), with_kwargs=True)
         for i in range(n_layers)
     ]
     try:
-        with (
-            torch.inference_mode(),
-            _attention_kv(model, range(n_layers), kv),
-            hooked(points, [(h, saver(h)) for h in hooks]),
-        ):
-            logits = model(tokens)
+        with torch.inference_mode(), attention_kv(model, range(last), kv), hooked(points, savers):
+            model(tokens, stop_at_layer=last)  # the blocks before the last
     finally:
         for h in handles:
             h.remove()
-    if len(kv.seen) != n_layers:
+    if len(kv.seen) != last or inputs[last] is None:
         raise LabError(
             f"Only {len(kv.seen)} of {n_layers} attentions handed over their keys and values; "
             "this model's attention does not support a key/value prefix, so cones cannot run."
         )
+    with torch.inference_mode():
+        saving = (points, savers, acts)
+        resid = _last_block(model, inputs[last], kwargs_by_block[last], read, saving, kv)
+        logits = unembed(model, resid)
     return TargetRun(
         model=model,
         tokens=tokens,
@@ -242,9 +199,29 @@ def capture(model: Any, tokens: Tokens, hooks: Sequence[str] = ()) -> TargetRun:
         keys=[kv.seen[i][0] for i in range(n_layers)],
         values=[kv.seen[i][1] for i in range(n_layers)],
         logits=logits,
+        read=read,
         acts=acts,
         points=points,
     )
+
+
+def _last_block(model: Any, x: Tensor, kwargs: dict, read: Sequence[int], saving, kv: KV) -> Tensor:
+    """The capture's last block: its keys and values into ``kv``, its output at ``read`` (batch
+    read d_model); split in two passes when few positions are read and no hook asked for fires
+    after the attention's key/value update."""
+    (points, savers, acts), last = saving, int(model.cfg.n_layers) - 1
+    batch, n_pos = x.shape[:2]
+    if worth_splitting(batch * n_pos, batch * len(read), x.shape[-1]):
+        with hooked(points, savers):
+            kv.seen[last] = keys_pass(model, last, x, kwargs, None)
+        if all(name in acts for name, _ in savers):
+            whole = replace(pack_lanes([range(n_pos)], n_pos, batch, x.device), cached=False)
+            query = whole.queries([(0, p) for p in read])
+            return query_pass(model, last, x, query, kwargs, kv.seen[last], None)
+    with hooked(points, savers), attention_kv(model, [last], kv):
+        out = model.blocks[last](x, **kwargs)
+    out = out[0] if isinstance(out, tuple) else out
+    return out[:, list(read)]
 
 
 def unembed(
@@ -275,64 +252,90 @@ def cone_positions(site: Site, n_layers: int, n_pos: int, read: Sequence[int]) -
 
 
 def run_cone(
-    run: TargetRun,
-    sites: Sequence[Site],
-    sources: Mapping[str, Tensor],
-    read: Int[Tensor, " read"],
+    run: TargetRun, sites: Sequence[Site], sources: Mapping[str, Tensor]
 ) -> Float[Tensor, "site batch read vocab"]:
-    """Every site's patched logits at positions ``read``, from one run of their cones.
+    """Every site's patched logits at the positions ``run.read``, from one run of their cones.
 
-    Each site must reach ``read`` (``cone_positions`` not empty). Site g's cone is one segment
-    of rows in a lane (``probes.lanes``) that joins the forward at the site's layer, from the
-    cached run's input to that block; ``sources[hook]`` holds the source run's activation (all
-    positions) at each site's hook.
+    Each site must reach what is read (``cone_positions`` not empty). Site g's cone is one
+    segment of rows in a lane (``probes.lanes``) that joins the forward at the site's layer,
+    from the cached run's input to that block; ``sources[hook]`` holds the source run's
+    activation (all positions) at each site's hook.
     """
     model, (batch, n_pos) = run.model, run.tokens.shape
-    layer, n_layers = min(s.layer for s in sites), len(run.block_inputs)
-    segments = [cone_positions(s, n_layers, n_pos, read.tolist()) for s in sites]
+    layer, n_layers, reads = min(s.layer for s in sites), len(run.block_inputs), list(run.read)
+    last = n_layers - 1
+    segments = [cone_positions(s, n_layers, n_pos, reads) for s in sites]
     lanes = pack_lanes(segments, n_pos, batch, run.tokens.device, [s.layer for s in sites])
     live = {i: lanes.live(i) for i in range(layer, n_layers)}  # lanes run by block i
-    by_hook: dict[str, list[int]] = {}
-    for g, s in enumerate(sites):
-        by_hook.setdefault(s.hook, []).append(g)
-
-    fwd_hooks = [
-        (name, patch_hook(lanes, {g: sites[g] for g in members}, sources[name]))
-        for name, members in by_hook.items()
+    cells = [  # (lane, row) of every position read that a cone recomputes
+        (lane, row)
+        for g, seg in enumerate(segments)
+        for lane, row in zip(*lanes.locate(g, _read_in(seg, reads)), strict=True)
     ]
-    kv = _KV(
+    query = lanes.queries(cells)
+    d_model = run.block_inputs[last].shape[-1]
+    split = worth_splitting(
+        lanes.n_lanes * batch * lanes.width, lanes.n_lanes * batch * query.width, d_model
+    )
+    query = query if split else lanes
+    early = [g for g, s in enumerate(sites) if s.layer < last or not split]
+    kv = KV(
         {
             i: (lanes.tile(run.keys[i], live[i]), lanes.tile(run.values[i], live[i]))
             for i in range(layer, n_layers)
         }
     )
+    adapt = Adapter(lanes)
     hidden = lanes.gather(run.block_inputs[layer], slice(0, live[layer]))
-    with hooked(run.points, fwd_hooks), _attention_kv(model, range(layer, n_layers), kv):
-        adapted: dict[tuple[str, int], Any] = {}  # blocks often share one mask: adapt it once
-        for i in range(layer, n_layers):
-            running = hidden.shape[0] // batch
-            if live[i] > running:  # lanes whose cones start here join from the cached run
-                joining = lanes.gather(run.block_inputs[i], slice(running, live[i]))
-                hidden = torch.cat([hidden, joining])
-            kwargs = {}
-            for name, value in run.block_kwargs[i].items():
-                key = (name, id(value))
-                if key not in adapted:
-                    rule = KWARG_RULES.get(name)
-                    adapted[key] = rule(value, lanes) if rule else value
-                kwargs[name] = lanes.first(adapted[key], live[i])
-            out = model.blocks[i](hidden, **kwargs)
-            hidden = out[0] if isinstance(out, tuple) else out
-    return _read(run, hidden, lanes, read)
+    with hooked(run.points, _patches(lanes, sites, early, sources)):
+        with attention_kv(model, range(layer, n_layers if not split else last), kv):
+            for i in range(layer, n_layers):
+                running = hidden.shape[0] // batch
+                if live[i] > running:  # lanes whose cones start here join from the cached run
+                    joining = lanes.gather(run.block_inputs[i], slice(running, live[i]))
+                    hidden = torch.cat([hidden, joining])
+                if i == last and split:
+                    break
+                out = model.blocks[i](hidden, **adapt(run.block_kwargs[i], live[i]))
+                hidden = out[0] if isinstance(out, tuple) else out
+        if split:  # the last block: keys and values for every row, then the read rows alone
+            final = [g for g, s in enumerate(sites) if s.layer == last]
+            with hooked(run.points, _patches(lanes, sites, final, sources)):
+                keys = keys_pass(
+                    model, last, hidden, adapt(run.block_kwargs[last]), kv.prefix[last]
+                )
+            with hooked(run.points, _patches(query, sites, final, sources)):
+                hidden = query_pass(
+                    model, last, hidden, query, run.block_kwargs[last], keys, kv.prefix[last]
+                )
+    return _read(run, hidden, query)
 
 
-def _read(run: TargetRun, hidden: Tensor, lanes: Lanes, read: Tensor) -> Tensor:
-    """Logits at ``read`` per site: unembedded where the cone reaches, cached elsewhere."""
-    n_sites, reads = len(lanes.segments), read.tolist()
-    out = run.logits[:, read].unsqueeze(0).repeat(n_sites, 1, 1, 1)
+def _read_in(segment: Sequence[int], reads: Sequence[int]) -> list[int]:
+    """The positions read that a segment holds, in the order read."""
+    held = set(segment)
+    return [r for r in reads if r in held]
+
+
+def _patches(lanes: Lanes, sites: Sequence[Site], which: Sequence[int], sources) -> list:
+    """Patch hooks in a layout for the sites ``which`` (indices), one per hook point."""
+    by_hook: dict[str, list[int]] = {}
+    for g in which:
+        by_hook.setdefault(sites[g].hook, []).append(g)
+    return [
+        (name, patch_hook(lanes, {g: sites[g] for g in members}, sources[name]))
+        for name, members in by_hook.items()
+    ]
+
+
+def _read(run: TargetRun, hidden: Tensor, lanes: Lanes) -> Tensor:
+    """Logits at ``run.read`` per site: unembedded where the cone reaches, cached elsewhere."""
+    n_sites, reads = len(lanes.segments), list(run.read)
+    out = run.logits.unsqueeze(0).repeat(n_sites, 1, 1, 1)
     where: list[list[int]] = [[], [], [], []]  # site, read index, lane, row
     for g, seg in enumerate(lanes.segments):
-        js = [j for j, r in enumerate(reads) if r in seg]
+        held = set(seg)
+        js = [j for j, r in enumerate(reads) if r in held]
         at = lanes.locate(g, [reads[j] for j in js])
         for part, values in zip(where, ([g] * len(js), js, *at), strict=True):
             part += values

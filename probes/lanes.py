@@ -9,12 +9,15 @@ prefix of the batch), and the others join at their own layer from the cached run
 the cached run's keys before its segment's start and its own segment's keys, as the model's own
 mask allows its position; the HF arguments that depend on position (rotary tables, position
 ids, the mask) are gathered by name (``KWARG_RULES``), so no architecture needs code of its own.
+A *query layout* (``Lanes.queries``) holds chosen rows of a layout, each as a lane of one row
+that keeps the keys of its own lane: the rows read in a last block, run apart from the rows that
+only give keys (``probes.tail``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +42,10 @@ class Lanes:
     batch: int  # prompts per lane
     n_pos: int  # prompt length
     starts: tuple[int, ...] = ()  # per lane, ascending: the layer its cones start at (none: 0)
+    keys: tuple[Tensor, Tensor] | None = None  # query layouts: own keys' positions, segments
+    cells: tuple[dict[int, tuple[int, int]], ...] = ()  # query layouts: site -> pos -> lane, row
+    picked: Tensor | None = None  # query layouts: lane x row, the rows of the full layout held
+    cached: bool = True  # the keys start with the cached run's n_pos keys
 
     @property
     def n_lanes(self) -> int:
@@ -64,9 +71,38 @@ class Lanes:
 
     def locate(self, site: int, positions: Sequence[int]) -> tuple[list[int], list[int]]:
         """The lane and the row of each of ``positions`` in one site's segment."""
+        if self.cells:
+            found = [self.cells[site][p] for p in positions]
+            return [lane for lane, _ in found], [row for _, row in found]
         lane, first, _ = self.where[site]
         row = {p: first + i for i, p in enumerate(self.segments[site])}
         return [lane] * len(positions), [row[p] for p in positions]
+
+    def queries(self, cells: Sequence[tuple[int, int]]) -> Lanes:
+        """A query layout: the same lanes holding only the rows of ``cells`` ((lane, row), not
+        padding; lanes with fewer repeat their first row, unread), whose own keys are still all
+        of their lane's rows. Site g's segment there is the positions of its cells."""
+        per_lane: list[list[int]] = [[] for _ in range(self.n_lanes)]
+        for lane, row in cells:
+            per_lane[lane].append(row)
+        width = max(len(rows) for rows in per_lane)
+        picked = [rows + [rows[0] if rows else 0] * (width - len(rows)) for rows in per_lane]
+        segment, positions = self.segment.tolist(), self.positions.tolist()
+        found: list[dict[int, tuple[int, int]]] = [{} for _ in self.segments]
+        for lane, rows in enumerate(per_lane):
+            for j, r in enumerate(rows):
+                found[segment[lane][r]][positions[lane][r]] = (lane, j)
+        index = torch.tensor(picked, dtype=torch.long, device=self.positions.device)
+        return replace(
+            self,
+            positions=self.positions.gather(1, index),
+            segment=self.segment.gather(1, index),
+            where=(),
+            segments=tuple(tuple(f) for f in found),
+            keys=(self.positions, self.segment),
+            cells=tuple(found),
+            picked=index,
+        )
 
     def by_lane(self, act: Tensor) -> Tensor:
         """A view of ``act`` (``(lane batch) row ...``, the first lanes or all) as ``lane batch
@@ -85,8 +121,10 @@ class Lanes:
     def mask(self, mask: Tensor | None) -> Float[Tensor, "lb 1 row key"]:
         """The additive mask over [the cached run's ``n_pos`` keys, the lane's own rows]: a row
         sees the cached keys its segment does not recompute and its own segment's keys, each as
-        the model's own mask (causal, sliding window, padding) allows its position."""
+        the model's own mask (causal, sliding window, padding) allows its position. Without a
+        cached run (``cached`` off) only the lane's own keys."""
         pos, low, n_pos = self.positions, _low(mask), self.n_pos
+        key_pos, key_seg = self.keys or (pos, self.segment)
         if mask is None or mask.ndim == 2:  # none, or key padding only: add the causal part
             future = torch.ones(n_pos, n_pos, dtype=torch.bool, device=pos.device).triu(1)
             full = torch.zeros(n_pos, n_pos, device=pos.device).masked_fill(future, low)[None]
@@ -95,17 +133,13 @@ class Lanes:
             mask = full[:, None]
         elif mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, low)
-        rows = mask[:, :, pos].permute(2, 0, 1, 3, 4)  # lane b 1 row key
-        own = mask[:, :, pos[:, :, None], pos[:, None, :]].permute(2, 0, 1, 3, 4)
-        cached = ~self.member[self.segment]  # lane row key
-        same = self.segment[:, :, None] == self.segment[:, None, :]
-        full = torch.cat(
-            [
-                rows.masked_fill(~cached[:, None, None], low),
-                own.masked_fill(~same[:, None, None], low),
-            ],
-            dim=-1,
-        )
+        own = mask[:, :, pos[:, :, None], key_pos[:, None, :]].permute(2, 0, 1, 3, 4)
+        same = self.segment[:, :, None] == key_seg[:, None, :]  # lane row key
+        full = own.masked_fill(~same[:, None, None], low)
+        if self.cached:
+            rows = mask[:, :, pos].permute(2, 0, 1, 3, 4)  # lane b 1 row key
+            cached = ~self.member[self.segment]  # lane row key
+            full = torch.cat([rows.masked_fill(~cached[:, None, None], low), full], dim=-1)
         full = full.expand(self.n_lanes, self.batch, *full.shape[2:])
         return full.reshape(self.n_lanes * self.batch, *full.shape[2:])
 
@@ -178,11 +212,16 @@ def patch_hook(lanes: Lanes, sites: Mapping[int, Site], source: Tensor) -> Calla
     for the sites of each head (or of all heads)."""
     plans: dict[int | None, list[list[int]]] = {}  # head -> [lanes, rows, positions]
     for g, s in sites.items():
-        positions = list(lanes.segments[g]) if s.position is None else [s.position]
+        held = lanes.segments[g]  # a query layout holds only the rows read
+        positions = list(held) if s.position is None else [s.position] if s.position in held else []
         plan = plans.setdefault(s.head, [[], [], []])
         for part, values in zip(plan, (*lanes.locate(g, positions), positions), strict=True):
             part += values
-    index = [(h, *(torch.tensor(x, device=source.device) for x in p)) for h, p in plans.items()]
+    index = [
+        (h, *(torch.tensor(x, dtype=torch.long, device=source.device) for x in p))
+        for h, p in plans.items()
+        if p[0]
+    ]
 
     def hook(act: Tensor, hook: Any) -> Tensor:
         act = act.contiguous().clone()

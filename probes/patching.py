@@ -184,21 +184,21 @@ def patch(
         m.idx = [read.tolist().index(p) for p in m.positions]
     site_list = _as_sites(sites, target_model, n_pos, by_position)
 
-    hooks = sorted({s.hook for s in site_list})
+    hooks, reads = sorted({s.hook for s in site_list}), read.tolist()
     if source_model is target_model:  # one forward for both runs
         both = torch.cat([target_tokens, source_tokens.to(target_tokens.device)])
-        run, src = capture(target_model, both, hooks).split(target_tokens.shape[0])
+        run, src = capture(target_model, both, hooks, reads).split(target_tokens.shape[0])
         src_logits, acts = src.logits, src.acts
     else:
-        run = capture(target_model, target_tokens, hooks)
+        run = capture(target_model, target_tokens, hooks, reads)
         with torch.inference_mode():
             src_logits, src_cache = source_model.run_with_cache(
                 source_tokens.to(_device(source_model)), names_filter=lambda n: n in hooks
             )
         acts = {h: src_cache[h].to(run.logits.device) for h in hooks}
-    read_dev = read.to(run.logits.device)
-    base_target = [m(run.logits[:, read_dev]) for m in bound]
-    base_source = [m(src_logits.to(read_dev.device)[:, read_dev]) for m in bound]
+        src_logits = src_logits[:, read.to(src_logits.device)]
+    base_target = [m(run.logits) for m in bound]
+    base_source = [m(src_logits.to(run.logits.device)) for m in bound]
 
     values: dict[Site, list[float]] = {}
     todo, reads, n_layers = [], read.tolist(), int(target_model.cfg.n_layers)
@@ -214,7 +214,7 @@ def patch(
     with torch.inference_mode():
         bar = tqdm(groups, desc="patching", leave=False) if config.progress else groups
         for group in bar:
-            logits = run_cone(run, group, acts, read_dev)
+            logits = run_cone(run, group, acts)
             scores = [m.many(logits) for m in bound]
             for g, s in enumerate(group):
                 values[s] = [by_metric[g] for by_metric in scores]
