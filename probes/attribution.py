@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from lab.types import Tokens
-from probes.cone import check_eval
-from probes.metrics import Metric, read_logits
+from probes.capture import check_eval
+from probes.metrics import Metric, hook_layer, read_logits, resolve_positions
 from probes.patching import COLUMNS, check_prompts
 from probes.sites import enumerate_sites
 
@@ -48,9 +48,11 @@ def attribute(
         enumerate_sites(kind, target_model, n_pos, by_position=False, by_head=False, layers=layers)
     )
     hooks = [s.hook for s in sites]
+    reads = getattr(metric, "reads", "logits")  # a hook metric reads its hook, after patches
+    last = int(target_model.cfg.n_layers) if reads == "logits" else hook_layer(target_model, reads)
     with torch.inference_mode():
         src_logits, cache = source_model.run_with_cache(
-            source_tokens, names_filter=lambda n: n in set(hooks)
+            source_tokens, names_filter=lambda n: n in set(hooks) or n == reads
         )
     saved: dict[str, torch.Tensor] = {}
 
@@ -63,13 +65,27 @@ def attribute(
 
         return save
 
-    with torch.enable_grad(), target_model.hooks(fwd_hooks=[(h, saver(h)) for h in hooks]):
+    def metric_input(logits: torch.Tensor, act: torch.Tensor | None) -> torch.Tensor:
+        if act is None:
+            return read_logits(logits, metric)
+        return act[:, resolve_positions(metric, n_pos).to(act.device)]
+
+    seen: dict[str, torch.Tensor] = {}
+    readers = [] if reads == "logits" else [(reads, lambda act, hook: seen.setdefault(reads, act))]
+    fwd_hooks = [(h, saver(h)) for h in hooks] + readers
+    with torch.enable_grad(), target_model.hooks(fwd_hooks=fwd_hooks):
         logits = target_model(target_tokens)
-        value = metric(read_logits(logits, metric)).mean()
-        grads = torch.autograd.grad(value, [saved[h] for h in hooks])
+        value = metric(metric_input(logits, seen.get(reads))).mean()
+        inputs = [saved[h] for h in hooks]
+        grads = torch.autograd.grad(value, inputs, allow_unused=True)  # None: after the hook
+        grads = [  # sites after the hook read change nothing (a later hook may hold its tensor)
+            torch.zeros_like(x) if g is None or s.layer > last else g
+            for s, x, g in zip(sites, inputs, grads, strict=True)
+        ]
     target = float(value.detach())
     with torch.inference_mode():
-        source = float(metric(read_logits(src_logits, metric)).mean())
+        src_act = None if reads == "logits" else cache[reads]
+        source = float(metric(metric_input(src_logits, src_act)).mean())
 
     rows = []
     for site, grad in zip(sites, grads, strict=True):

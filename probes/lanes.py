@@ -27,7 +27,7 @@ from torch import Tensor
 
 from probes.sites import Site
 
-__all__ = ["KWARG_RULES", "Lanes", "pack_lanes", "patch_hook"]
+__all__ = ["KWARG_RULES", "Lanes", "pack_lanes", "patch_hook", "read_hook"]
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,26 @@ def patch_hook(lanes: Lanes, sites: Mapping[int, Site], source: Tensor) -> Calla
                 lanes.by_lane(act)[lane, :, row] = source[:, pos].transpose(0, 1)
             else:
                 lanes.by_lane(act)[lane, :, row, head] = source[:, pos, head].transpose(0, 1)
+        return act
+
+    return hook
+
+
+def read_hook(lanes: Lanes, sites: Sequence[int], positions: Sequence[int], out: Tensor):
+    """A TransformerLens hook that copies the activation at ``positions`` of each of ``sites``
+    (lane site indices), where its segment holds them, into ``out[site, :, read index]``."""
+    where: list[list[int]] = [[], [], [], []]  # site, read index, lane, row
+    for g in sites:
+        held = set(lanes.segments[g])
+        js = [j for j, p in enumerate(positions) if p in held]
+        at = lanes.locate(g, [positions[j] for j in js])
+        for part, values in zip(where, ([g] * len(js), js, *at), strict=True):
+            part += values
+    site, j, lane, row = (torch.tensor(x, dtype=torch.long, device=out.device) for x in where)
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        if len(site):
+            out[site, :, j] = lanes.by_lane(act)[lane, :, row].to(out.dtype)
         return act
 
     return hook

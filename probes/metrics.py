@@ -1,28 +1,35 @@
-"""Patching metrics: small callables from patched logits to one number per prompt.
+"""Patching metrics: small callables from patched logits (or a hook's output) to one number
+per prompt.
 
 A metric reads the logits at a few positions (``positions``, negative counts from the end; the
 cone runner unembeds only those) and returns a ``[batch]`` tensor. Anything with that shape and a
 ``positions`` and ``name`` attribute works, so a reward model's score is ``FnMetric`` around it.
+A ``HookMetric`` reads one block hook's activation instead (``reads`` names it): a probe
+direction's projection on the residual stream, say; then patched runs stop at that block.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lab.errors import LabError
+from lab.errors import LabError, close_matches
 
 __all__ = [
     "FnMetric",
+    "HookMetric",
     "KLMetric",
     "LogProb",
     "LogitDiff",
     "Metric",
     "TokenSetProb",
+    "hook_layer",
     "read_logits",
     "resolve_positions",
 ]
@@ -39,6 +46,11 @@ class Metric:
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    @property
+    def reads(self) -> str:
+        """What the metric reads: ``"logits"``, or a hook's name."""
+        return "logits"
 
     def __call__(self, logits: ReadLogits) -> Float[Tensor, " batch"]:
         raise NotImplementedError
@@ -136,6 +148,62 @@ class FnMetric(Metric):
         if self.fn is None:
             raise LabError("FnMetric needs fn: read logits to one value per prompt.")
         return self.fn(logits)
+
+
+@dataclass(frozen=True)
+class HookMetric(Metric):
+    """One block hook's activation at the positions read, reduced to one value per prompt:
+    its dot product with ``direction`` (a probe's, say; summed over the activation's trailing
+    axes, broadcast as torch does) averaged over positions, or ``fn`` of it. No logits."""
+
+    hook: str = ""  # e.g. "blocks.3.hook_resid_post" or "blocks.2.attn.hook_z"
+    direction: Tensor | None = None  # the activation's trailing shape (d, or head d)
+    fn: Callable[[Tensor], Tensor] | None = None  # batch read ... -> one value per prompt
+    label: str = ""  # its name in result tables (default: from the hook)
+
+    @property
+    def name(self) -> str:
+        return self.label or f"{self.hook}{'' if self.fn else '·direction'}"
+
+    @property
+    def reads(self) -> str:
+        return self.hook
+
+    def __call__(self, act: Float[Tensor, "batch read ..."]) -> Float[Tensor, " batch"]:
+        if (self.fn is None) == (self.direction is None):
+            raise LabError(f"HookMetric {self.name} needs exactly one of direction and fn.")
+        if self.fn is not None:
+            return self.fn(act)
+        direction = self.direction.to(act.device, act.dtype)
+        try:
+            dot = act * direction
+        except RuntimeError as e:
+            raise LabError(
+                f"HookMetric {self.name}: direction of shape {tuple(direction.shape)} does not "
+                f"match the activation's trailing shape {tuple(act.shape[2:])}."
+            ) from e
+        return dot.flatten(2).sum(-1).mean(-1)
+
+    def tile(self, copies: int) -> Metric | None:
+        return self if self.fn is None else None
+
+
+def hook_layer(model: Any, hook: str) -> int:
+    """The block whose hook ``hook`` is, checked to exist in ``model`` and to hold positions."""
+    points = model.hook_dict
+    if hook not in points:
+        raise LabError(
+            f"No hook {hook!r} in this model.{close_matches(hook, points)} A hook metric reads "
+            "a block's hook, e.g. blocks.0.hook_resid_post or blocks.0.attn.hook_z."
+        )
+    found = re.match(r"blocks\.(\d+)\.", hook)
+    if found is None or hook.endswith(("hook_pattern", "hook_attn_scores")):
+        raise LabError(
+            f"Hook {hook!r} cannot be read by a hook metric: it reads a block's activation with "
+            "batch and position first (not attention patterns or scores, nor anything outside "
+            "the blocks; for the model's output use a logits metric)."
+        )
+    return int(found.group(1))
 
 
 def resolve_positions(metric: Metric, n_pos: int) -> Tensor:

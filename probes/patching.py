@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 from lab.errors import LabError
 from lab.types import Tokens
-from probes.cone import capture, check_eval, cone_positions, run_cone
-from probes.metrics import Metric, resolve_positions
+from probes.capture import capture, check_eval
+from probes.cone import cone_positions, run_cone
+from probes.metrics import Metric, hook_layer, resolve_positions
 from probes.sites import Site, enumerate_sites, patching_hooks, site_kind
 
 __all__ = [
@@ -93,6 +94,7 @@ class _Bound:
 
     def __init__(self, metric: Metric, n_pos: int):
         self.metric, self.name = metric, metric.name
+        self.reads = getattr(metric, "reads", "logits")  # "logits" or the hook it reads
         self.positions = resolve_positions(metric, n_pos).tolist()
         self.idx: list[int] = []
         self._tiled: dict[int, Metric | None] = {}
@@ -179,32 +181,42 @@ def patch(
     metrics = [metrics] if isinstance(metrics, Metric) else list(metrics)
     n_pos = target_tokens.shape[1]
     bound = [_Bound(m, n_pos) for m in metrics]
-    read = torch.tensor(sorted({p for m in bound for p in m.positions}), dtype=torch.long)
+    reads = {
+        name: sorted({p for m in bound if m.reads == name for p in m.positions})
+        for name in dict.fromkeys(m.reads for m in bound)
+    }  # what is read: positions
     for m in bound:
-        m.idx = [read.tolist().index(p) for p in m.positions]
+        m.idx = [reads[m.reads].index(p) for p in m.positions]
+    n_layers = int(target_model.cfg.n_layers)
+    layers = {r: n_layers - 1 if r == "logits" else hook_layer(target_model, r) for r in reads}
+    last = max(layers.values())  # no block after it can change what is read
     site_list = _as_sites(sites, target_model, n_pos, by_position)
 
-    hooks, reads = sorted({s.hook for s in site_list}), read.tolist()
+    hooks = sorted({s.hook for s in site_list if s.layer <= last} | (set(reads) - {"logits"}))
+    logits = reads.get("logits")
     if source_model is target_model:  # one forward for both runs
         both = torch.cat([target_tokens, source_tokens.to(target_tokens.device)])
-        run, src = capture(target_model, both, hooks, reads).split(target_tokens.shape[0])
+        run, src = capture(target_model, both, hooks, logits, last).split(target_tokens.shape[0])
         src_logits, acts = src.logits, src.acts
     else:
-        run = capture(target_model, target_tokens, hooks, reads)
+        run = capture(target_model, target_tokens, hooks, logits, last)
         with torch.inference_mode():
             src_logits, src_cache = source_model.run_with_cache(
                 source_tokens.to(_device(source_model)), names_filter=lambda n: n in hooks
             )
-        acts = {h: src_cache[h].to(run.logits.device) for h in hooks}
-        src_logits = src_logits[:, read.to(src_logits.device)]
-    base_target = [m(run.logits) for m in bound]
-    base_source = [m(src_logits.to(run.logits.device)) for m in bound]
+        device = run.tokens.device
+        acts = {h: src_cache[h].to(device) for h in hooks}
+        src_logits = src_logits[:, logits].to(device) if logits else None
+    base_target = [m(_read_values(run.logits, run.acts, reads, m.reads)) for m in bound]
+    base_source = [m(_read_values(src_logits, acts, reads, m.reads)) for m in bound]
 
     values: dict[Site, list[float]] = {}
-    todo, reads, n_layers = [], read.tolist(), int(target_model.cfg.n_layers)
-    unchanged = _unchanged(site_list, run.acts, acts) if config.skip_unchanged else set()
+    todo = []
+    final = sorted({p for r, ps in reads.items() if layers[r] == last for p in ps})
+    reached = [s for s in site_list if s.layer <= last]
+    unchanged = _unchanged(reached, run.acts, acts) if config.skip_unchanged else set()
     for s in sorted(site_list, key=lambda s: (s.layer, s.first_position)):
-        rows = len(cone_positions(s, n_layers, n_pos, reads))
+        rows = len(cone_positions(s, last + 1, n_pos, final)) if s.layer <= last else 0
         if not rows or s in unchanged:
             values[s] = base_target  # the patch cannot change what the metrics read
         else:
@@ -214,8 +226,8 @@ def patch(
     with torch.inference_mode():
         bar = tqdm(groups, desc="patching", leave=False) if config.progress else groups
         for group in bar:
-            logits = run_cone(run, group, acts)
-            scores = [m.many(logits) for m in bound]
+            got = run_cone(run, group, acts, reads, layers)
+            scores = [m.many(got[m.reads]) for m in bound]
             for g, s in enumerate(group):
                 values[s] = [by_metric[g] for by_metric in scores]
 
@@ -235,6 +247,11 @@ def patch(
     for c in ("value", "target", "source", "share"):
         table[c] = np.array(columns[c], dtype=np.float64)
     return pd.DataFrame({c: table[c] for c in COLUMNS})
+
+
+def _read_values(logits, acts: dict, reads: dict, name: str) -> torch.Tensor:
+    """What a metric reading ``name`` sees of one run: its read logits or hook activations."""
+    return logits if name == "logits" else acts[name][:, reads[name]]
 
 
 def _device(model: Any) -> torch.device:
@@ -290,9 +307,15 @@ def patch_jointly(
     check_prompts(target_tokens, source_tokens)
     sites = _as_sites(sites, target_model, target_tokens.shape[1], True)
     hooks = sorted({s.hook for s in sites})
+    bound = _Bound(metric, target_tokens.shape[1])
+    bound.idx = list(range(len(bound.positions)))
+    seen: dict[str, torch.Tensor] = {}
+    readers = []
+    if bound.reads != "logits":  # read the hook after the patches
+        hook_layer(target_model, bound.reads)
+        readers = [(bound.reads, lambda act, hook: seen.setdefault("act", act))]
     with torch.inference_mode():
         _, cache = source_model.run_with_cache(source_tokens, names_filter=lambda n: n in hooks)
-        logits = target_model.run_with_hooks(target_tokens, fwd_hooks=patching_hooks(sites, cache))
-        bound = _Bound(metric, target_tokens.shape[1])
-        bound.idx = list(range(len(bound.positions)))
-        return bound(logits[:, bound.positions])
+        fwd_hooks = patching_hooks(sites, cache) + readers
+        logits = target_model.run_with_hooks(target_tokens, fwd_hooks=fwd_hooks)
+        return bound(seen.get("act", logits)[:, bound.positions])

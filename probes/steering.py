@@ -16,7 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lab.types import Tokens
-from probes.cone import check_eval
+from probes.capture import check_eval
 from probes.sites import Site, patching_hooks
 
 __all__ = ["per_token_kl", "sample"]
