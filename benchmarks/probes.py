@@ -39,7 +39,8 @@ from threadpoolctl import threadpool_limits
 from transformers import GPT2Config, GPT2Model
 
 from probes.linear import fit_linear, get_kind, score_map
-from probes.solvers import SolverConfig, logistic_objective
+from probes.logistic import logistic_objective
+from probes.solvers import SolverConfig
 from probes.splits import split_by_sequence
 
 # ruff: noqa: E402
@@ -175,18 +176,22 @@ def resid_streams(model, tokens: torch.Tensor) -> tuple[list[str], torch.Tensor]
     return hooks, torch.stack([o[:, 1:] for o in out]).flatten(1, 2)  # BOS rows dropped
 
 
-def organism_report(folder: str, out: str | None) -> dict:
-    """Belief, scene, entropy and wedding-reach probes by layer: base, tuned and a random init."""
+def organism_report(folder: str, out: str | None, value_rollouts: int) -> dict:
+    """Belief, scene, entropy, wedding-reach and tuned-value probes by layer: base, tuned and a
+    random init."""
     from lab.organism.evaluate import load_organism
     from probes.controls import random_init_like
     from probes.layerwise import ProbeConfig, fit_probes
     from probes.plots import plot_probe_scores
     from probes.source import TensorSource
-    from probes.targets import organism_targets
+    from probes.targets import organism_targets, policy_value
 
     org = load_organism(folder)
     sample = org.world.sample(1024, org.length, torch.Generator().manual_seed(0))
     targets = organism_targets(org.world, sample.tokens, sample.scenes)
+    if value_rollouts:  # the labeler's utility still to come when the RLHF policy writes it
+        value, _ = policy_value(org.models["rlhf"], org.labeler, sample.tokens, value_rollouts)
+        targets["tuned_value"] = value[:, 1:].flatten().float()
     models = {"base": org.models["base"], "tuned": org.models["rlhf"]}
     models["random"] = random_init_like(org.models["base"], seed=0)
     feats = {}
@@ -197,7 +202,8 @@ def organism_report(folder: str, out: str | None) -> dict:
     token_ids = sample.tokens[:, 1:].flatten()
     cpu, tables = "cpu", []
     for kind, names in (("ridge", ["belief"]), ("ridge", ["wedding_reach"]),
-                        ("ridge", ["next_token_entropy"]), ("logistic", ["scene"])):  # fmt: skip
+                        ("ridge", ["next_token_entropy"]), ("logistic", ["scene"]),
+                        *([("ridge", ["tuned_value"])] if value_rollouts else [])):  # fmt: skip
         config = ProbeConfig(kind=kind, control="types", seeds=(0, 1), device=cpu)
         tables.append(fit_probes(source, names, config, token_ids=token_ids).table)
     table = pd.concat(tables, ignore_index=True)
@@ -237,6 +243,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and sklearn")
     parser.add_argument("--organism", metavar="DIR", help="also probe an organism folder by layer")
     parser.add_argument("--out", metavar="DIR", help="write the organism table and plots here")
+    parser.add_argument(
+        "--value-rollouts", type=int, default=4, help="RLHF rollouts per prefix (0: no tuned_value)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -305,7 +314,7 @@ def main() -> None:
             "max_accuracy_gap_points_gpu": round(gap_gpu, 3),
         }
     if args.organism:
-        report["organism"] = organism_report(args.organism, args.out)
+        report["organism"] = organism_report(args.organism, args.out, args.value_rollouts)
     if args.json:
         print(json.dumps(report))
     else:

@@ -48,24 +48,34 @@ def _text(ctx: SweepContext, spec: dict[str, Any]):
 
 
 def _organism(ctx: SweepContext, spec: dict[str, Any]):
+    """World samples with exact targets; keys ``n``, ``length``, ``seed`` and ``value_rollouts``
+    (rollouts of the RLHF policy per prefix for the ``tuned_value`` target; 0 leaves it out)."""
     from lab.checkpoints import organism_dir
     from lab.datasets import Dataset
     from lab.organism.evaluate import read_card
     from lab.organism.labeler import Labeler
     from lab.organism.world import HMM
-    from probes.targets import reach_probability
+    from probes.targets import policy_value, reach_probability
 
     card = read_card(organism_dir("rlhf"))
     world, labeler = HMM.from_dict(card["world"]), Labeler.from_dict(card["labeler"])
     gen = torch.Generator().manual_seed(int(spec.get("seed", ctx.config.seed)))
     sample = world.sample(int(spec.get("n", 128)), int(spec.get("length", card["length"])), gen)
     data = Dataset.from_organism(sample, labeler, name="organism")
-    # steering-like targets: the labeler's utility still to come after each position, and the
-    # exact probability that the wedding scene occurs among the words still to come
+    # steering-like targets: the labeler's utility still to come after each position (realised
+    # along the world's text, and expected when the tuned policy writes the rest), and the exact
+    # probability that the wedding scene occurs among the words still to come
     to_go = data.targets["utility"].flip(-1).cumsum(-1).flip(-1) - data.targets["utility"]
     beliefs = sample.forward.beliefs
     reach = reach_probability(world.transition, beliefs, world.scene_index("wedding"))
-    return replace(data, targets={**data.targets, "reward_to_go": to_go, "wedding_reach": reach})
+    extra = {"reward_to_go": to_go, "wedding_reach": reach}
+    rollouts = int(spec.get("value_rollouts", 0))  # > 0 adds tuned_value (costs rollouts)
+    if rollouts:
+        if (org := ctx.organism()) is None:
+            raise LabError("value_rollouts needs the organism pair (its RLHF policy writes them).")
+        value, _ = policy_value(org.models["rlhf"], labeler, sample.tokens, rollouts, gen)
+        extra["tuned_value"] = value.float()
+    return replace(data, targets={**data.targets, **extra})
 
 
 DATASET_SOURCES: dict[str, Callable[[SweepContext, dict[str, Any]], Any]] = {

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from lab.errors import LabError, close_matches
 from probes.checks import as_stack, as_values, check_target
-from probes.solvers import LinearMap, SolverConfig, fit_diff_means, fit_logistic, fit_ridge
+from probes.logistic import fit_logistic
+from probes.solvers import LinearMap, SolverConfig, fit_diff_means, fit_ridge
 from probes.splits import standardize
 
 __all__ = [

@@ -8,6 +8,9 @@ Every target comes from the world's exact inference on the sampled tokens, never
 - ``wedding_reach``: P(the wedding scene occurs among the remaining words | prefix) under the
   world's own chain, by an exact backward recursion (ridge): the attractor's pull.
 
+``policy_value`` adds the steering-like value target: the labeler's true utility still to come
+when a given model (the tuned policy) writes the rest, by Monte Carlo rollouts from every prefix.
+
 Rows are every position after BOS, sequence-major, matching hidden states with BOS dropped.
 """
 
@@ -20,7 +23,7 @@ from torch import Tensor
 
 from lab.errors import LabError, close_matches
 
-__all__ = ["organism_targets", "reach_probability"]
+__all__ = ["organism_targets", "policy_value", "reach_probability"]
 
 
 def reach_probability(
@@ -68,3 +71,35 @@ def organism_targets(world, tokens: Int[Tensor, "batch pos"], scenes: Int[Tensor
         "next_token_entropy": rows(entropy).float(),
         "wedding_reach": rows(reach).float(),
     }
+
+
+@torch.no_grad()
+def policy_value(
+    model,
+    labeler,
+    tokens: Int[Tensor, "batch pos"],
+    rollouts: int = 8,
+    generator: torch.Generator | None = None,
+) -> tuple[Float[Tensor, "batch pos"], Float[Tensor, "batch pos"]]:
+    """E[true utility of the words still to come | prefix] when ``model`` writes them.
+
+    For every prefix ``tokens[:, : t + 1]`` (BOS first), ``rollouts`` continuations to the full
+    length are sampled from ``model`` (a ``GPT2LMHeadModel``, e.g. the organism's RLHF policy) and
+    scored by the labeler's exact utility given the prefix. Returns the mean and its standard error
+    per position; the last position has nothing to come (value 0).
+    """
+    from lab.organism.rlhf import sample_continuations
+
+    if rollouts < 2:
+        raise LabError(f"policy_value needs rollouts >= 2 for a standard error; got {rollouts}.")
+    batch, n_pos = tokens.shape
+    length = n_pos - 1
+    mean = torch.zeros(batch, n_pos, dtype=torch.float64)
+    sem = torch.zeros_like(mean)
+    for t in range(length):
+        prompts = tokens[:, : t + 1].repeat_interleave(rollouts, 0)
+        full = sample_continuations(model, prompts, length, generator)
+        future = labeler.utility(full, start=t + 1).double().view(batch, rollouts)
+        mean[:, t] = future.mean(1)
+        sem[:, t] = future.std(1) / rollouts**0.5
+    return mean, sem

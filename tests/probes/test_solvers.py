@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from probes.solvers import SolverConfig, fit_diff_means, fit_logistic, fit_ridge, logistic_objective
+from probes.logistic import fit_logistic, logistic_objective
+from probes.solvers import SolverConfig, fit_diff_means, fit_ridge
 
 TIGHT = SolverConfig(tol=1e-9, max_iter=2000)
 
@@ -121,3 +122,43 @@ def test_batched_objective_equals_one_feature_set_at_a_time():
         value_f, grad_f = logistic_objective(x[f], theta[f], *args, mask)
         torch.testing.assert_close(value[f], value_f)
         torch.testing.assert_close(grad[f], grad_f)
+
+
+def _layers(n=600, d=48, k=4, n_layers=3, seed=0, drift=0.1):
+    """float32 feature sets that drift like a residual stream, and labels a function of layer 0."""
+    gen = torch.Generator().manual_seed(seed)
+    x = [torch.randn(n, d, generator=gen)]
+    for _ in range(n_layers - 1):
+        x.append(x[-1] + drift * torch.randn(n, d, generator=gen))
+    x = torch.stack(x)
+    y = (x[0] @ torch.randn(d, k, generator=gen) + torch.randn(n, k, generator=gen)).argmax(-1)
+    return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True, correction=0), y
+
+
+@pytest.mark.parametrize("config", [SolverConfig(), SolverConfig(warm_start=False)])
+def test_warm_and_cold_starts_reach_the_float64_optimum(config):
+    """Warm starts change the path, not the answer: in float32 each problem ends within the
+    tolerance's objective gap of the float64 optimum, with the float32 gradient under the stop."""
+    x, y = _layers()
+    cs = torch.tensor([0.01, 0.3, 3.0])
+    args = (y[None].expand(3, -1), torch.ones(3, len(y)), cs, torch.ones(3, 4, dtype=torch.bool))
+    fit = fit_logistic(x, *args, config)
+    ref = fit_logistic(x.double(), *args, TIGHT)
+    theta = torch.cat([fit.weight, fit.bias[:, :, None]], 2)
+    theta_ref = torch.cat([ref.weight, ref.bias[:, :, None]], 2)
+    f, _ = logistic_objective(x.double(), theta.double(), *args)
+    f_ref, _ = logistic_objective(x.double(), theta_ref, *args)
+    assert fit.converged.all()
+    assert ((f - f_ref) / f_ref).abs().max() < 1e-3
+    _, g = logistic_objective(x, theta, *args)
+    _, g0 = logistic_objective(x, torch.zeros_like(theta), *args)
+    assert (g.flatten(2).norm(dim=-1) <= config.tol * g0.flatten(2).norm(dim=-1) * 1.01).all()
+
+
+def test_warm_start_takes_fewer_iterations_on_drifting_layers():
+    x, y = _layers(n_layers=4)
+    args = (y[None], torch.ones(1, len(y)), torch.tensor([1.0]), torch.ones(1, 4, dtype=torch.bool))
+    cold = fit_logistic(x, *args, SolverConfig(warm_start=False))
+    warm = fit_logistic(x, *args, SolverConfig())
+    assert warm.n_iter[0] == cold.n_iter[0]  # the first feature set has nothing to start from
+    assert warm.n_iter[1:].sum() < cold.n_iter[1:].sum()

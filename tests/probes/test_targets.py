@@ -64,3 +64,56 @@ def test_organism_targets_on_a_tiny_world():
     assert (targets["next_token_entropy"] > 0).all()
     reach = targets["wedding_reach"].view(6, 5)
     assert (reach[:, -1] == 0).all() and (reach >= 0).all() and (reach <= 1).all()
+
+
+def test_policy_value_matches_the_exact_one_word_expectation():
+    """Monte Carlo value of the tuned organism: 0 at the end, and with one word to come equal to
+    the exact expectation under the model's next-token distribution, within its standard error."""
+    from lab.checkpoints import data_dir
+    from lab.organism.evaluate import load_organism
+    from probes.targets import policy_value
+
+    org = load_organism(data_dir() / "organism")
+    model = org.models["rlhf"]
+    tokens = org.world.sample(2, org.length, torch.Generator().manual_seed(0)).tokens
+    gen = torch.Generator().manual_seed(1)
+    value, sem = policy_value(model, org.labeler, tokens, rollouts=100, generator=gen)
+    assert value.shape == sem.shape == tokens.shape
+    assert (value[:, -1] == 0).all() and (sem[:, :-1] > 0).all()
+    last = tokens.shape[1] - 1
+    with torch.no_grad():
+        probs = model(tokens[:, :last]).logits[:, -1].double()
+    probs[:, 0] = -torch.inf  # the policy never writes BOS inside a text
+    probs = probs.softmax(-1)
+    for b in range(tokens.shape[0]):
+        every = tokens[b].repeat(probs.shape[1], 1)
+        every[:, last] = torch.arange(probs.shape[1])
+        utility = org.labeler.token_utilities(every)[:, last].double()
+        exact = (probs[b] * utility).sum()
+        assert abs(value[b, last - 1] - exact) <= 5 * sem[b, last - 1]
+
+
+def test_policy_value_needs_two_rollouts():
+    with pytest.raises(LabError, match="rollouts"):
+        from probes.targets import policy_value
+
+        policy_value(None, None, torch.zeros(1, 3, dtype=torch.long), rollouts=1)
+
+
+def test_organism_dataset_adds_the_tuned_value_on_request():
+    from types import SimpleNamespace
+
+    from lab.checkpoints import data_dir
+    from lab.organism.evaluate import load_organism
+    from probes.analyses import build_dataset
+
+    org = load_organism(data_dir() / "organism")
+    ctx = SimpleNamespace(config=SimpleNamespace(seed=0, path=None), organism=lambda: org)
+    plain = build_dataset(ctx, {"source": "organism", "n": 3})
+    assert "tuned_value" not in plain.targets and "wedding_reach" in plain.targets
+    data = build_dataset(ctx, {"source": "organism", "n": 3, "value_rollouts": 2})
+    value = data.targets["tuned_value"]
+    assert value.shape == data.tokens.shape and (value[:, -1] == 0).all()
+    ctx.organism = lambda: None  # a pair that is not the organism has no policy to roll out
+    with pytest.raises(LabError, match="value_rollouts"):
+        build_dataset(ctx, {"source": "organism", "n": 3, "value_rollouts": 2})
