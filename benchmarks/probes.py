@@ -5,7 +5,9 @@ tuned) is run on ~4096 token positions; each block's ``hook_resid_post`` is prob
 label that is a fixed random function of the token (learnable, so accuracy means something).
 Every (model, layer, C) multinomial logistic probe is fitted
 
-- by ``probes.linear.fit_linear``: one batched solve for the whole sweep, and
+- by ``probes.linear.fit_linear``: one call for the whole sweep (on a CPU the feature sets are
+  solved in turn, each warm-started from the previous layer's answer, and all C values share
+  each data pass), and
 - by sklearn ``LogisticRegression`` (lbfgs), layer by layer, as a researcher would run it,
 
 both on one CPU thread (torch.set_num_threads and threadpoolctl), on the same standardised
