@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
 
 __all__ = [
     "ARCHITECTURES",
     "TEST_SPECS",
     "TinySpec",
+    "corrupted_prompts",
     "make_checkpoint",
     "make_pair",
     "make_tokenizer",
@@ -189,3 +191,16 @@ def make_pair(
     base = make_checkpoint(root / "base", spec, seed=seed, **kw)
     tuned = make_checkpoint(root / "tuned", spec, seed=seed, perturb=perturb, **kw)
     return base, tuned
+
+
+def corrupted_prompts(
+    n_pos: int = 8, batch: int = 2, seed: int = 0, positions: tuple[int, ...] = (2, 5)
+) -> tuple[Tensor, Tensor]:
+    """Random clean prompts ``[batch pos]`` (ordinary token ids) and a copy with new tokens at
+    ``positions``: the clean/corrupted pair that patching tests sweep."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(5, 300, (batch, n_pos), generator=g)
+    corrupted = clean.clone()
+    for p in positions:
+        corrupted[:, p] = torch.randint(5, 300, (batch,), generator=g)
+    return clean, corrupted

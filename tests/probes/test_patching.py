@@ -4,34 +4,14 @@ import pytest
 import torch
 import transformer_lens.patching as tlp
 
-from lab import LabError, load_pair
+from lab import LabError
+from lab.testing import corrupted_prompts as prompts
 from probes.metrics import FnMetric, LogitDiff, LogProb
 from probes.patching import PatchConfig, cross_model, denoise, noise, patch
 from probes.sites import Site
 
 ATOL = 1e-5
 QUIET = PatchConfig(rows_per_forward=64, progress=False)
-
-
-@pytest.fixture(scope="module")
-def pairs(pair_dirs):
-    loaded = {}
-
-    def get(arch):
-        if arch not in loaded:
-            loaded[arch] = load_pair(*pair_dirs(arch), device="cpu")
-        return loaded[arch]
-
-    return get
-
-
-def prompts(n_pos=8, batch=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(5, 300, (batch, n_pos), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 2] = torch.randint(5, 300, (batch,), generator=g)
-    corrupted[:, 5] = torch.randint(5, 300, (batch,), generator=g)
-    return clean, corrupted
 
 
 def logit_diff(batch=2):
@@ -63,8 +43,8 @@ TL_SWEEPS = [
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize(("kind", "by_position", "tl_fn", "axes"), TL_SWEEPS)
-def test_equals_transformer_lens(pairs, arch, kind, by_position, tl_fn, axes):
-    model = pairs(arch).base
+def test_equals_transformer_lens(loaded_pair, arch, kind, by_position, tl_fn, axes):
+    model = loaded_pair(arch).base
     clean, corrupted = prompts()
     metric = logit_diff()
     _, cache = model.run_with_cache(clean)
@@ -74,8 +54,8 @@ def test_equals_transformer_lens(pairs, arch, kind, by_position, tl_fn, axes):
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "olmo2", "gemma2", "gpt_neox"])
-def test_equals_transformer_lens_other_families(pairs, arch):
-    model = pairs(arch).base
+def test_equals_transformer_lens_other_families(loaded_pair, arch):
+    model = loaded_pair(arch).base
     clean, corrupted = prompts()
     metric = logit_diff()
     _, cache = model.run_with_cache(clean)
@@ -85,8 +65,8 @@ def test_equals_transformer_lens_other_families(pairs, arch):
 
 
 @pytest.mark.parametrize("rows_per_forward", [8, 40, 10000])
-def test_grouping_does_not_change_results(pairs, rows_per_forward):
-    model = pairs("llama").tuned
+def test_grouping_does_not_change_results(loaded_pair, rows_per_forward):
+    model = loaded_pair("llama").tuned
     clean, corrupted = prompts()
     cfg = PatchConfig(rows_per_forward=rows_per_forward, progress=False)
     one = denoise(model, clean, corrupted, "z", logit_diff(), config=QUIET)
@@ -111,8 +91,8 @@ def naive(target, tokens, source, source_tokens, site, metric):
 
 
 @pytest.mark.parametrize("into", ["tuned", "base"])
-def test_cross_model_equals_naive(pairs, into):
-    pair = pairs("llama")
+def test_cross_model_equals_naive(loaded_pair, into):
+    pair = loaded_pair("llama")
     tokens, _ = prompts(batch=3)
     metric = LogProb(positions=(-1, -3), targets=torch.tensor([3, 9, 27]))
     sites = [
@@ -128,16 +108,16 @@ def test_cross_model_equals_naive(pairs, into):
         assert value == pytest.approx(ref, abs=ATOL)
 
 
-def test_noise_is_denoise_reversed(pairs):
-    model = pairs("gpt2").base
+def test_noise_is_denoise_reversed(loaded_pair):
+    model = loaded_pair("gpt2").base
     clean, corrupted = prompts()
     a = noise(model, clean, corrupted, "resid_pre", logit_diff(), config=QUIET)
     b = denoise(model, corrupted, clean, "resid_pre", logit_diff(), config=QUIET)
     assert a["value"].tolist() == pytest.approx(b["value"].tolist(), abs=ATOL)
 
 
-def test_share_is_one_when_the_whole_residual_is_patched(pairs):
-    model = pairs("gpt2").base
+def test_share_is_one_when_the_whole_residual_is_patched(loaded_pair):
+    model = loaded_pair("gpt2").base
     clean, corrupted = prompts()
     table = denoise(model, clean, corrupted, [Site("resid_pre", 0)], logit_diff(), config=QUIET)
     row = table.iloc[0]
@@ -156,8 +136,8 @@ def test_share_is_one_when_the_whole_residual_is_patched(pairs):
     ]
 
 
-def test_several_metrics_read_their_own_positions(pairs):
-    model = pairs("gpt2").base
+def test_several_metrics_read_their_own_positions(loaded_pair):
+    model = loaded_pair("gpt2").base
     clean, corrupted = prompts()
     first = LogProb(positions=(3,), targets=torch.tensor([1, 2]))
     last = logit_diff()
@@ -174,37 +154,37 @@ def test_several_metrics_read_their_own_positions(pairs):
 # Refusals -------------------------------------------------------------------------------------
 
 
-def test_refuses_prompts_of_different_lengths(pairs):
-    model = pairs("gpt2").base
+def test_refuses_prompts_of_different_lengths(loaded_pair):
+    model = loaded_pair("gpt2").base
     clean, corrupted = prompts()
     with pytest.raises(LabError, match="same number of tokens"):
         denoise(model, clean, corrupted[:, :-1], "resid_pre", logit_diff(), config=QUIET)
 
 
-def test_refuses_unknown_site(pairs):
+def test_refuses_unknown_site(loaded_pair):
     with pytest.raises(LabError, match=r"Unknown patching site 'resid_pri'.*resid_pre"):
-        denoise(pairs("gpt2").base, *prompts(), "resid_pri", logit_diff(), config=QUIET)
+        denoise(loaded_pair("gpt2").base, *prompts(), "resid_pri", logit_diff(), config=QUIET)
 
 
-def test_refuses_site_missing_from_architecture(pairs):
+def test_refuses_site_missing_from_architecture(loaded_pair):
     # GPT-NeoX runs attention and MLP in parallel: there is no residual between them
     with pytest.raises(LabError, match=r"'resid_mid'.*does not exist"):
-        denoise(pairs("gpt_neox").base, *prompts(), "resid_mid", logit_diff(), config=QUIET)
+        denoise(loaded_pair("gpt_neox").base, *prompts(), "resid_mid", logit_diff(), config=QUIET)
 
 
-def test_refuses_site_out_of_range(pairs):
+def test_refuses_site_out_of_range(loaded_pair):
     with pytest.raises(LabError, match="past the model's 2 layers"):
-        denoise(pairs("gpt2").base, *prompts(), [Site("z", 5, 0)], logit_diff(), config=QUIET)
+        denoise(loaded_pair("gpt2").base, *prompts(), [Site("z", 5, 0)], logit_diff(), config=QUIET)
 
 
-def test_refuses_metric_of_wrong_shape(pairs):
+def test_refuses_metric_of_wrong_shape(loaded_pair):
     scalar = FnMetric(fn=lambda logits: logits.mean(), label="scalar")
     with pytest.raises(LabError, match=r"Metric scalar returned shape \(\).*shape \(2,\)"):
-        denoise(pairs("gpt2").base, *prompts(), "resid_pre", scalar, config=QUIET)
+        denoise(loaded_pair("gpt2").base, *prompts(), "resid_pre", scalar, config=QUIET)
 
 
-def test_refuses_models_in_training_mode(pairs):
-    pair = pairs("gpt2")
+def test_refuses_models_in_training_mode(loaded_pair):
+    pair = loaded_pair("gpt2")
     pair.tuned.train()
     try:
         with pytest.raises(LabError, match="eval mode"):
@@ -213,8 +193,8 @@ def test_refuses_models_in_training_mode(pairs):
         pair.tuned.eval()
 
 
-def test_one_prompt_and_sites_across_layers_in_one_run(pairs):
-    model = pairs("llama").base
+def test_one_prompt_and_sites_across_layers_in_one_run(loaded_pair):
+    model = loaded_pair("llama").base
     clean, corrupted = prompts(batch=1)
     metric = LogitDiff(correct=torch.tensor([3]), wrong=torch.tensor([4]))
     sites = [Site("resid_pre", 1, position=3), Site("z", 0, 2, 5), Site("k", 1, 0)]
@@ -223,16 +203,23 @@ def test_one_prompt_and_sites_across_layers_in_one_run(pairs):
         assert value == pytest.approx(naive(model, corrupted, model, clean, site, metric), abs=ATOL)
 
 
-def test_refuses_metric_positions_past_the_prompt(pairs):
+def test_refuses_metric_positions_past_the_prompt(loaded_pair):
     metric = LogProb(positions=(12,), targets=torch.tensor([1, 2]))
     with pytest.raises(LabError, match="reads positions"):
-        patch(pairs("gpt2").base, *prompts()[:1], pairs("gpt2").base, prompts()[0], "z", metric)
+        patch(
+            loaded_pair("gpt2").base,
+            *prompts()[:1],
+            loaded_pair("gpt2").base,
+            prompts()[0],
+            "z",
+            metric,
+        )
 
 
-def test_one_hook_with_single_heads_and_all_heads_in_one_run(pairs):
+def test_one_hook_with_single_heads_and_all_heads_in_one_run(loaded_pair):
     """One hook point patched for one head and for all heads, at a position and at all of them,
     in one forward; lanes of layer 1 join the run at block 1."""
-    model = pairs("gpt2").base
+    model = loaded_pair("gpt2").base
     clean, corrupted = prompts()
     metric = logit_diff()
     sites = [

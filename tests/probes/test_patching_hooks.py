@@ -4,7 +4,8 @@ import pytest
 import torch
 import transformer_lens.patching as tlp
 
-from lab import LabError, load_pair
+from lab import LabError
+from lab.testing import corrupted_prompts as prompts
 from probes.attribution import attribute
 from probes.metrics import HookMetric, LogitDiff
 from probes.patching import PatchConfig, denoise, patch_jointly
@@ -13,27 +14,6 @@ from probes.tail import hooked
 
 ATOL = 1e-5
 QUIET = PatchConfig(rows_per_forward=64, progress=False)
-
-
-@pytest.fixture(scope="module")
-def pairs(pair_dirs):
-    loaded = {}
-
-    def get(arch):
-        if arch not in loaded:
-            loaded[arch] = load_pair(*pair_dirs(arch), device="cpu")
-        return loaded[arch]
-
-    return get
-
-
-def prompts(n_pos=8, batch=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(5, 300, (batch, n_pos), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 2] = torch.randint(5, 300, (batch,), generator=g)
-    corrupted[:, 5] = torch.randint(5, 300, (batch,), generator=g)
-    return clean, corrupted
 
 
 def probe_metric(model, hook="blocks.0.hook_resid_post", positions=(-1, 3)):
@@ -80,8 +60,8 @@ SITES = [
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("which", ["probe_resid_post_0", "head_z_1", "resid_mid_1"])
-def test_hook_metric_equals_a_full_forward_with_the_patch(pairs, arch, which):
-    model = pairs(arch).base
+def test_hook_metric_equals_a_full_forward_with_the_patch(loaded_pair, arch, which):
+    model = loaded_pair(arch).base
     clean, corrupted = prompts()
     metric = {
         "probe_resid_post_0": probe_metric(model),
@@ -95,8 +75,8 @@ def test_hook_metric_equals_a_full_forward_with_the_patch(pairs, arch, which):
     assert isinstance(joint, float)
 
 
-def test_patches_after_the_hook_change_nothing(pairs):
-    model = pairs("gpt2").base
+def test_patches_after_the_hook_change_nothing(loaded_pair):
+    model = loaded_pair("gpt2").base
     clean, corrupted = prompts()
     metric = probe_metric(model)  # reads block 0's output
     sites = [Site("resid_pre", 1, position=p) for p in range(8)] + [Site("z", 1, 0)]
@@ -105,8 +85,8 @@ def test_patches_after_the_hook_change_nothing(pairs):
     assert (table["share"] == 0).all()
 
 
-def test_equals_transformer_lens_with_a_metric_that_reads_the_hook(pairs):
-    model = pairs("llama").base
+def test_equals_transformer_lens_with_a_metric_that_reads_the_hook(loaded_pair):
+    model = loaded_pair("llama").base
     clean, corrupted = prompts()
     metric = probe_metric(model, "blocks.1.hook_resid_mid", (-1, 2))
     seen = {}
@@ -124,8 +104,8 @@ def test_equals_transformer_lens_with_a_metric_that_reads_the_hook(pairs):
     assert torch.allclose(ours.reshape(expected.shape), expected.double(), atol=ATOL, rtol=0)
 
 
-def test_hook_and_logit_metrics_in_one_sweep_match_separate_sweeps(pairs):
-    model = pairs("gpt2").tuned
+def test_hook_and_logit_metrics_in_one_sweep_match_separate_sweeps(loaded_pair):
+    model = loaded_pair("gpt2").tuned
     clean, corrupted = prompts()
     hook, logits = (
         probe_metric(model),
@@ -138,8 +118,8 @@ def test_hook_and_logit_metrics_in_one_sweep_match_separate_sweeps(pairs):
         assert (mixed["value"].to_numpy() - alone["value"].to_numpy()).max() < ATOL
 
 
-def test_refuses_a_hook_that_does_not_exist(pairs):
-    model = pairs("gpt2").base
+def test_refuses_a_hook_that_does_not_exist(loaded_pair):
+    model = loaded_pair("gpt2").base
     clean, corrupted = prompts()
     metric = HookMetric(hook="blocks.0.hook_resid_psot", direction=torch.ones(32))
     with pytest.raises(
@@ -151,8 +131,8 @@ def test_refuses_a_hook_that_does_not_exist(pairs):
         denoise(model, clean, corrupted, "resid_pre", pattern, config=QUIET)
 
 
-def test_refuses_a_callable_of_the_wrong_shape_and_a_wrong_direction(pairs):
-    model = pairs("gpt2").base
+def test_refuses_a_callable_of_the_wrong_shape_and_a_wrong_direction(loaded_pair):
+    model = loaded_pair("gpt2").base
     clean, corrupted = prompts()
     wrong = HookMetric(hook="blocks.0.hook_resid_post", fn=lambda act: act.sum(-1))
     with pytest.raises(LabError, match=r"returned shape \(2, 1\).*shape \(2,\)"):
@@ -162,8 +142,8 @@ def test_refuses_a_callable_of_the_wrong_shape_and_a_wrong_direction(pairs):
         denoise(model, clean, corrupted, "resid_pre", bad, config=QUIET)
 
 
-def test_patched_runs_stop_at_the_hooks_block(pairs):
-    model = pairs("gpt2").base
+def test_patched_runs_stop_at_the_hooks_block(loaded_pair):
+    model = loaded_pair("gpt2").base
     clean, corrupted = prompts()
     ran = []
     handles = [  # block 1's attention and the unembedding never run
@@ -178,8 +158,8 @@ def test_patched_runs_stop_at_the_hooks_block(pairs):
     assert not ran and table["value"].notna().all()
 
 
-def test_attribution_reads_the_hook(pairs):
-    model = pairs("gpt2").base
+def test_attribution_reads_the_hook(loaded_pair):
+    model = loaded_pair("gpt2").base
     clean, corrupted = prompts()
     metric = probe_metric(model)
     exact = denoise(model, clean, corrupted, "resid_pre", metric, config=QUIET)
