@@ -178,15 +178,16 @@ def _solve(data: _Data, theta: Tensor, g0_norm: Tensor, config: SolverConfig, n_
     f, g = evaluate(z, th)
     gamma = 1.0 / g.norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny)  # first step: unit length
     memory = _History(batch, th.shape[1], config.history, th)
-    flat = torch.zeros(batch, dtype=torch.long, device=th.device)  # tiny decreases in a row
+    flat = torch.zeros(batch, dtype=torch.long, device=th.device)  # steps without progress
+    g_best = g.norm(dim=1)  # smallest gradient norm so far
     stalled = torch.zeros(batch, dtype=torch.bool, device=th.device)
-    ftol = 10 * torch.finfo(th.dtype).eps
+    ftol = torch.finfo(th.dtype).eps
     for _ in range(config.max_iter):
         done = stalled | (g.norm(dim=1) <= config.tol * g0_norm)
         if bool(done.all()):
             break
         direction = memory.direction(g, gamma)
-        uphill = (g * direction).sum(1) >= 0  # lost descent (rare): steepest descent
+        uphill = ~((g * direction).sum(1) < 0)  # lost descent (rare), or NaN: steepest descent
         if bool(uphill.any()):
             direction = torch.where(uphill[:, None], -gamma[:, None] * g, direction)
         direction = direction.masked_fill(done[:, None], 0.0)
@@ -212,13 +213,18 @@ def _solve(data: _Data, theta: Tensor, g0_norm: Tensor, config: SolverConfig, n_
         z = z + per_row(t) * zd
         f_new, g_new = evaluate(z, th)  # the backward pass
         y = (g_new - g) * move[:, None]
-        tiny = (f - f_new) <= ftol * torch.maximum(f.abs(), f_new.abs()).clamp_min(1.0)
-        flat = torch.where(tiny & move, flat + 1, 0)
-        stalled = stalled | (pending & ~done) | (flat >= 5)
+        tiny = (f - f_new) <= ftol * torch.maximum(f.abs(), f_new.abs())  # relative: f may be << 1
+        # No progress: a decrease below the objective's precision and no smaller gradient (flat
+        # directions, e.g. an intercept at small C, still show progress in the gradient).
+        g_norm = g_new.norm(dim=1)
+        progress = ~tiny | (g_norm < 0.9 * g_best)
+        g_best = torch.where(move, torch.minimum(g_best, g_norm), g_best)
+        flat = torch.where(move & ~progress, flat + 1, 0)
+        stalled = stalled | (pending & ~done) | (flat >= 10)
         f = torch.where(move, f_new, f)
         g = torch.where(move[:, None], g_new, g)
         sy, yy = (s * y).sum(1), (y * y).sum(1)
-        keep = sy > 1e-10 * yy.sqrt() * s.norm(dim=1)
+        keep = sy > torch.finfo(sy.dtype).eps * yy  # curvature above rounding noise
         s, y = s * keep[:, None], y * keep[:, None]
         gamma = torch.where(keep, sy / yy.clamp_min(torch.finfo(yy.dtype).tiny), gamma)
         memory.push(s, y)

@@ -162,3 +162,23 @@ def test_warm_start_takes_fewer_iterations_on_drifting_layers():
     warm = fit_logistic(x, *args, SolverConfig())
     assert warm.n_iter[0] == cold.n_iter[0]  # the first feature set has nothing to start from
     assert warm.n_iter[1:].sum() < cold.n_iter[1:].sum()
+
+
+@pytest.mark.parametrize(("n", "c"), [(100, 1e-3), (300, 1e-4)])
+def test_float32_small_c_is_not_stopped_early(n, c):
+    """At small C the objective is far below 1 and the intercept direction is nearly flat: the
+    float32 solve must keep going on gradient progress until it meets the tolerance."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, n, 10, generator=gen, dtype=torch.float64)
+    y = (x[0] @ torch.randn(10, 3, generator=gen, dtype=torch.float64)).argmax(-1)
+    args = (y[None], torch.ones(1, n), torch.tensor([c]), torch.ones(1, 3, dtype=torch.bool))
+    ref = fit_logistic(x, *args, TIGHT)
+    fit = fit_logistic(x.float(), *args, SolverConfig())
+    theta = torch.cat([fit.weight, fit.bias[:, :, None]], 2)
+    theta_ref = torch.cat([ref.weight, ref.bias[:, :, None]], 2)
+    f, _ = logistic_objective(x, theta.double(), *args)
+    f_ref, _ = logistic_objective(x, theta_ref, *args)
+    assert ((f - f_ref) / f_ref).abs().item() < 1e-6
+    _, g = logistic_objective(x.float(), theta, *args)
+    _, g0 = logistic_objective(x.float(), torch.zeros_like(theta), *args)
+    assert g.norm() <= SolverConfig().tol * g0.norm()  # met the tolerance, not stalled short

@@ -76,11 +76,14 @@ def test_policy_value_matches_the_exact_one_word_expectation():
     org = load_organism(data_dir() / "organism")
     model = org.models["rlhf"]
     tokens = org.world.sample(2, org.length, torch.Generator().manual_seed(0)).tokens
+    last = tokens.shape[1] - 1
+    # A happy word just before the last: an off-by-one in the value's start would count it.
+    tokens[:, last - 1] = int(org.labeler.happiness.argmax())
+    assert (org.labeler.token_utilities(tokens)[:, last - 1] != 0).all()
     gen = torch.Generator().manual_seed(1)
     value, sem = policy_value(model, org.labeler, tokens, rollouts=100, generator=gen)
     assert value.shape == sem.shape == tokens.shape
     assert (value[:, -1] == 0).all() and (sem[:, :-1] > 0).all()
-    last = tokens.shape[1] - 1
     with torch.no_grad():
         probs = model(tokens[:, :last]).logits[:, -1].double()
     probs[:, 0] = -torch.inf  # the policy never writes BOS inside a text
