@@ -147,8 +147,10 @@ class _History:
         return -(gamma[:, None] * g + (coef.to(g.dtype)[..., None] * self.pairs).sum(1))
 
 
-def _solve(data: _Data, theta: Tensor, g0_norm: Tensor, config: SolverConfig, n_iter: Tensor):
-    """L-BFGS from ``theta`` until every problem meets the tolerance under ``data``'s products.
+def _solve(
+    data: _Data, theta: Tensor, z: Tensor, g0_norm: Tensor, config: SolverConfig, n_iter: Tensor
+):
+    """L-BFGS from ``theta`` (its logits ``z``) until every problem meets the tolerance.
 
     Parameters are kept flat, ``[batch param]`` with batch = feat x prob; the line search moves
     the logits along the one product ``X D`` per iteration, so it needs no data pass. Returns the
@@ -174,7 +176,6 @@ def _solve(data: _Data, theta: Tensor, g0_norm: Tensor, config: SolverConfig, n_
         grad[:, :n_w] += th[:, :n_w]
         return value, grad
 
-    z = data.logits(view(th))
     f, g = evaluate(z, th)
     gamma = 1.0 / g.norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny)  # first step: unit length
     memory = _History(batch, th.shape[1], config.history, th)
@@ -255,16 +256,20 @@ def fit_logistic(
     previous = None
     for group in groups:
         data = _Data(x[group], *args)
-        zero = x.new_zeros(group.stop - group.start, n_prob, d + 1, n_cls)
-        f_zero, g_zero = data.fit_grad(data.logits(zero))
+        n_set = group.stop - group.start
+        zero = x.new_zeros(n_set, n_prob, d + 1, n_cls)
+        z = x.new_zeros(n_set, n_cls, n_prob, x.shape[1])  # the logits at W = 0, without a pass
+        f_zero, g_zero = data.fit_grad(z)
         g0_norm = g_zero.flatten(-2).norm(dim=-1).clamp_min(torch.finfo(x.dtype).tiny)
         theta = zero
         if previous is not None:  # the previous feature set's answer, where it starts lower
+            z_prev = data.logits(previous)
             penalty = previous[..., :-1, :].pow(2).sum((-1, -2), dtype=torch.float64)
-            f_prev = data.fit(data.logits(previous)) + 0.5 * penalty
-            theta = torch.where((f_prev < f_zero)[..., None, None], previous, zero)
+            lower = (data.fit(z_prev) + 0.5 * penalty < f_zero)[..., None, None]
+            theta = torch.where(lower, previous, zero)
+            z = torch.where(einops.rearrange(lower, "f p 1 1 -> f 1 p 1"), z_prev, z)
         n_iter = torch.zeros(zero.shape[:2], dtype=torch.long, device=x.device)
-        theta, met, stalled = _solve(data, theta, g0_norm, config, n_iter)
+        theta, met, stalled = _solve(data, theta, z, g0_norm, config, n_iter)
         thetas.append(theta)
         iters.append(n_iter)
         met_all.append(met | stalled)
