@@ -23,7 +23,7 @@ import torch
 
 from lab.errors import LabError, close_matches
 
-__all__ = ["HookPlan", "match_hooks", "plan_hooks", "split_patterns"]
+__all__ = ["HookPlan", "hook_point", "match_hooks", "plan_hooks", "split_patterns"]
 
 _GLOB = frozenset("*?[")
 
@@ -35,6 +35,24 @@ def split_patterns(patterns: str | Sequence[str]) -> list[str]:
     if not out:
         raise LabError("No hooks given; name some, e.g. 'resid_post' or 'blocks.*.attn.hook_z'.")
     return out
+
+
+def hook_point(model: Any, name: str) -> Any | None:
+    """The hook point called ``name`` (a TransformerLens name or alias), or None if there is none.
+
+    Follows the module path first (``blocks.3.hook_resid_pre`` is an attribute chain on a
+    bridge), because ``model.hook_dict`` is rebuilt on every access; only names that are not a
+    path to a hook point (aliases of other names) look there.
+    """
+    obj = model
+    try:
+        for part in name.split("."):
+            obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    except (AttributeError, IndexError, TypeError):
+        obj = None
+    if obj is not None and hasattr(obj, "add_hook") and hasattr(obj, "fwd_hooks"):
+        return obj
+    return model.hook_dict.get(name)
 
 
 def _match_one(pattern: str, names: Sequence[str]) -> list[str]:

@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lab.errors import LabError
+from lab.hooks import hook_point
 from lab.types import Tokens
 from probes.lanes import KWARG_RULES, pack_lanes
 from probes.tail import KV, attention_kv, hooked, keys_pass, query_pass, worth_splitting
@@ -152,8 +153,7 @@ def capture(
 
     kv = KV()
     acts: dict[str, Tensor] = {}
-    hook_dict = model.hook_dict
-    points = {h: hook_dict[h] for h in hooks}
+    points = {h: hook_point(model, h) for h in hooks}
 
     def saver(name: str):
         def save(act, hook):

@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lab.errors import LabError, close_matches
+from lab.hooks import hook_point
 
 __all__ = [
     "FnMetric",
@@ -190,11 +191,10 @@ class HookMetric(Metric):
 
 def hook_layer(model: Any, hook: str) -> int:
     """The block whose hook ``hook`` is, checked to exist in ``model`` and to hold positions."""
-    points = model.hook_dict
-    if hook not in points:
+    if hook_point(model, hook) is None:
         raise LabError(
-            f"No hook {hook!r} in this model.{close_matches(hook, points)} A hook metric reads "
-            "a block's hook, e.g. blocks.0.hook_resid_post or blocks.0.attn.hook_z."
+            f"No hook {hook!r} in this model.{close_matches(hook, model.hook_dict)} A hook "
+            "metric reads a block's hook, e.g. blocks.0.hook_resid_post or blocks.0.attn.hook_z."
         )
     found = re.match(r"blocks\.(\d+)\.", hook)
     if found is None or hook.endswith(("hook_pattern", "hook_attn_scores")):

@@ -77,15 +77,15 @@ def _as_sites(sites: str | Iterable[Site], model: Any, n_pos: int, by_position: 
     if isinstance(sites, str):
         return list(enumerate_sites(sites, model, n_pos, by_position=by_position))
     sites = list(sites)
-    kinds = {name: site_kind(name, model) for name in {s.kind for s in sites}}  # hook_dict is slow
+    n_layers = int(model.cfg.n_layers)
+    heads = {name: site_kind(name, model).n_heads(model) for name in {s.kind for s in sites}}
     for s in sites:
-        kind = kinds[s.kind]
-        if not 0 <= s.layer < int(model.cfg.n_layers):
-            raise LabError(f"{s} is past the model's {model.cfg.n_layers} layers.")
+        if not 0 <= s.layer < n_layers:
+            raise LabError(f"{s} is past the model's {n_layers} layers.")
         if s.position is not None and not 0 <= s.position < n_pos:
             raise LabError(f"{s} is past the prompts' {n_pos} positions.")
-        if s.head is not None and not 0 <= s.head < max(kind.n_heads(model), 1):
-            raise LabError(f"{s}: site {s.kind!r} has {kind.n_heads(model)} heads here.")
+        if s.head is not None and not 0 <= s.head < max(heads[s.kind], 1):
+            raise LabError(f"{s}: site {s.kind!r} has {heads[s.kind]} heads here.")
     return sites
 
 
@@ -231,21 +231,38 @@ def patch(
             for g, s in enumerate(group):
                 values[s] = [by_metric[g] for by_metric in scores]
 
-    columns: dict[str, list] = {c: [] for c in COLUMNS}
-    for s in site_list:
-        for m, v, t, src in zip(bound, values[s], base_target, base_source, strict=True):
-            row = (s.kind, s.layer, s.head, s.position, m.name, v)
-            for c, x in zip(COLUMNS[:6], row, strict=True):
-                columns[c].append(x)
-            columns["target"].append(t)
-            columns["source"].append(src)
-            columns["share"].append((v - t) / (src - t) if src != t else float("nan"))
-    table: dict[str, Any] = {c: columns[c] for c in ("site", "metric")}
-    table["layer"] = np.array(columns["layer"], dtype=np.int64)
-    for c in ("head", "position"):
-        table[c] = pd.array(columns[c], dtype="Int64")
-    for c in ("value", "target", "source", "share"):
-        table[c] = np.array(columns[c], dtype=np.float64)
+    return _table(site_list, bound, values, base_target, base_source)
+
+
+def _table(sites: Sequence[Site], bound, values: dict, target: list, source: list) -> pd.DataFrame:
+    """The result table: one row per (site, metric), sites in the order given."""
+    n_metrics = len(bound)
+    value = np.array([values[s] for s in sites], dtype=np.float64).reshape(-1)
+    target_col = np.tile(np.array(target, dtype=np.float64), len(sites))
+    source_col = np.tile(np.array(source, dtype=np.float64), len(sites))
+    gap = source_col - target_col
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(gap != 0, (value - target_col) / gap, np.nan)
+
+    def per_row(xs: list) -> list:
+        return [x for x in xs for _ in range(n_metrics)]
+
+    def optional(xs: list) -> pd.arrays.IntegerArray:  # nullable Int64: None -> <NA>
+        missing = np.array([x is None for x in xs], dtype=bool)
+        data = np.array([0 if x is None else x for x in xs], dtype=np.int64)
+        return pd.arrays.IntegerArray(np.repeat(data, n_metrics), np.repeat(missing, n_metrics))
+
+    table = {
+        "site": per_row([s.kind for s in sites]),
+        "layer": np.repeat(np.array([s.layer for s in sites], dtype=np.int64), n_metrics),
+        "head": optional([s.head for s in sites]),
+        "position": optional([s.position for s in sites]),
+        "metric": [m.name for m in bound] * len(sites),
+        "value": value,
+        "target": target_col,
+        "source": source_col,
+        "share": share,
+    }
     return pd.DataFrame({c: table[c] for c in COLUMNS})
 
 

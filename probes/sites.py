@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lab.errors import LabError, close_matches
+from lab.hooks import hook_point
 
 __all__ = [
     "SITE_KINDS",
@@ -82,7 +83,7 @@ def site_kind(name: str, model: Any | None = None) -> SiteKind:
     kind = SITE_KINDS[name]
     if model is not None:
         hook = kind.hook_name(0)
-        if hook not in model.hook_dict:
+        if hook_point(model, hook) is None:
             arch = getattr(model.cfg, "architecture", None) or type(model).__name__
             raise LabError(
                 f"Site {name!r} ({kind.description}) does not exist in {arch}: it has no hook "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lab.errors import LabError
-from lab.hooks import match_hooks, plan_hooks
+from lab.hooks import hook_point, match_hooks, plan_hooks
 from lab.models import load_pair
 
 NAMES = [
@@ -58,3 +58,11 @@ def test_plan_refuses_non_token_hooks(model):
         plan_hooks(model, "blocks.0.attn.hook_pattern")
     with pytest.raises(LabError, match="use_attn_result"):
         plan_hooks(model, "blocks.0.attn.hook_result")
+
+
+def test_hook_point_is_the_hook_dict_entry_for_every_name(model):
+    points = model.hook_dict
+    for name, point in points.items():  # canonical names and TransformerLens aliases
+        assert hook_point(model, name) is point, name
+    for missing in ("blocks.9.hook_resid_pre", "blocks.0.hook_nothing", "blocks.0.attn", "x"):
+        assert hook_point(model, missing) is None

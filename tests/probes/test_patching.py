@@ -4,6 +4,8 @@ import pytest
 import torch
 import transformer_lens.patching as tlp
 
+import probes.capture
+import probes.cone
 from lab import LabError
 from lab.testing import corrupted_prompts as prompts
 from probes.metrics import FnMetric, LogitDiff, LogProb
@@ -47,6 +49,25 @@ def test_equals_transformer_lens(loaded_pair, arch, kind, by_position, tl_fn, ax
     model = loaded_pair(arch).base
     clean, corrupted = prompts()
     metric = logit_diff()
+    _, cache = model.run_with_cache(clean)
+    expected = tl_fn(model, corrupted, cache, tl_metric(metric))
+    table = denoise(model, clean, corrupted, kind, metric, by_position=by_position, config=QUIET)
+    assert torch.allclose(grid(table, *axes), expected.double(), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize(("kind", "by_position", "tl_fn", "axes"), TL_SWEEPS)
+def test_split_last_block_equals_transformer_lens(
+    loaded_pair, monkeypatch, arch, kind, by_position, tl_fn, axes
+):
+    """The last block in two passes (keys and values of every row, then only the rows read, in
+    query lanes split to an even width), forced on: two read positions, so lanes hold uneven
+    numbers of reads."""
+    for module in (probes.cone, probes.capture):
+        monkeypatch.setattr(module, "worth_splitting", lambda rows, kept, d_model: True)
+    model = loaded_pair(arch).base
+    clean, corrupted = prompts()
+    metric = LogProb(positions=(-1, -4), targets=torch.tensor([3, 9]))
     _, cache = model.run_with_cache(clean)
     expected = tl_fn(model, corrupted, cache, tl_metric(metric))
     table = denoise(model, clean, corrupted, kind, metric, by_position=by_position, config=QUIET)
