@@ -60,9 +60,8 @@ def test_equals_transformer_lens(loaded_pair, arch, kind, by_position, tl_fn, ax
 def test_split_last_block_equals_transformer_lens(
     loaded_pair, monkeypatch, arch, kind, by_position, tl_fn, axes
 ):
-    """The last block in two passes (keys and values of every row, then only the rows read, in
-    query lanes split to an even width), forced on: two read positions, so lanes hold uneven
-    numbers of reads."""
+    """The last block in two passes (keys and values of every row, then only the rows read),
+    forced on: two read positions, so lanes hold uneven numbers of reads."""
     for module in (probes.cone, probes.capture):
         monkeypatch.setattr(module, "worth_splitting", lambda rows, kept, d_model: True)
     model = loaded_pair(arch).base
