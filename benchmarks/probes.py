@@ -14,8 +14,11 @@ both on one CPU thread (torch.set_num_threads and threadpoolctl), on the same st
 features. Reported: wall-clock ratios against sklearn at its defaults (tol 1e-4, whose objective
 ends ~1e-2 from the optimum; ours at its default ends ~1e-3 from it) and at tol 1e-6; the largest
 held-out accuracy gap in points between our default answer and sklearn's converged one; the
-largest relative objective gap when both are run to convergence; and, on a GPU, the same sweep
-there. ``--organism DIR`` adds probes by layer on the organism (base, tuned, random init).
+largest relative objective gap when both are run to convergence; what our data passes alone
+cost (``ours_data_passes_only_s``: two products per iteration, timed at the same shapes, times
+the iterations made) and so the most any work around them could gain
+(``speedup_ceiling_at_our_iterations``); and, on a GPU, the same sweep there.
+``--organism DIR`` adds probes by layer on the organism (base, tuned, random init).
 
     .venv/bin/python benchmarks/probes.py [--quick] [--json] [--threads 1]
 """
@@ -126,6 +129,23 @@ def ours_sweep(stacks, y, split, cs, solver, device):
     elapsed = time.perf_counter() - start
     acc = torch.stack(acc, -1).reshape(len(stacks), 12, len(cs), 2).cpu().double().numpy()
     return elapsed, acc, fitted
+
+
+def product_floor(stacks, split, fitted, n_cs: int) -> tuple[float, int]:
+    """(seconds, data passes): what the data passes alone of our sweep cost, with no solver work
+    around them. Each feature set made two passes per iteration of its slowest problem, each a
+    product of its training rows with one column per (C, class); one such pair of products is
+    timed at the same shapes and multiplied out."""
+    x = stacks[0][0, split.train].contiguous()  # row d_model
+    w, r = torch.randn(n_cs * N_CLS, x.shape[1]), torch.randn(n_cs * N_CLS, x.shape[0])
+    for _ in range(3):
+        w @ x.T, r @ x
+    start = time.perf_counter()
+    for _ in range(20):
+        w @ x.T, r @ x
+    per_pair = (time.perf_counter() - start) / 20
+    passes = int(fitted.n_iter.amax(1).sum())  # per feature set: its slowest problem
+    return per_pair * passes, 2 * passes
 
 
 def objective_gap(stacks, y, split, cs, candidate, reference) -> float:
@@ -276,8 +296,14 @@ def main() -> None:
             tight_stacks, y, split, cs, SolverConfig(tol=1e-9), cpu
         )
         _, sk_tight_acc, sk_tight_fits = sklearn_sweep(stacks, y, split, cs, tol=1e-10)
+        floor_s, passes = product_floor(stacks, split, ours_fit, len(cs))
     report |= {
         "ours_s": round(ours_s, 3),
+        # Our data passes alone (no solver work around them), and sklearn's time over that: the
+        # most this solver could gain over sklearn on this CPU at its iteration counts.
+        "ours_data_passes": passes,
+        "ours_data_passes_only_s": round(floor_s, 3),
+        "speedup_ceiling_at_our_iterations": round(sk_s / floor_s, 2),
         "sklearn_s": round(sk_s, 3),
         "sklearn_tol1e-6_s": round(sk_tol6_s, 3),
         "speedup_vs_sklearn": round(sk_s / ours_s, 2),
