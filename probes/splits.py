@@ -69,8 +69,9 @@ def standardize(
     Returns the standardised copy, the means and the scales (1 where a feature is constant).
     """
     mean = x.mean(1)
-    scale = x.std(1, correction=0)
-    scale = torch.where(scale > 1e-12 * scale.amax(-1, keepdim=True).clamp_min(1e-30), scale, 1.0)
     z = x - mean[:, None]  # the one copy
+    # The norm of the centred rows: the (biased) std, a few times faster than Tensor.std here.
+    scale = torch.linalg.vector_norm(z, dim=1) / x.shape[1] ** 0.5
+    scale = torch.where(scale > 1e-12 * scale.amax(-1, keepdim=True).clamp_min(1e-30), scale, 1.0)
     z /= scale[:, None]
     return z, mean, scale

@@ -35,6 +35,15 @@ def test_standardize_handles_constant_features():
     assert (z[:, :, 1] == 0).all() and (scale[:, 1] == 1).all()
 
 
+def test_standardize_scale_is_the_biased_std():
+    x = torch.randn(3, 200, 5, dtype=torch.float64) * torch.tensor([0.1, 1.0, 7.0, 30.0, 2.0])
+    z, mean, scale = standardize(x + 4.0)
+    assert torch.allclose(scale, x.std(1, correction=0), rtol=1e-12)
+    assert torch.allclose(mean, x.mean(1) + 4.0) and torch.allclose(
+        z.std(1, correction=0), torch.ones(3, 5, dtype=torch.float64)
+    )
+
+
 def test_controls():
     y = torch.arange(40) % 4
     shuffled = make_control("shuffle", y, seed=0)
