@@ -148,6 +148,17 @@ def product_floor(stacks, split, fitted, n_cs: int) -> tuple[float, int]:
     return per_pair * passes, 2 * passes
 
 
+def warm_up(x: torch.Tensor, y: torch.Tensor, split, cs) -> None:
+    """One layer's fits on each side, untimed: library set-up, thread pools, the allocator."""
+    from sklearn.linear_model import LogisticRegression
+
+    tr = split.train
+    fit_linear(get_kind("logistic"), x[None, tr], y[None, tr], cs, n_cls=N_CLS)
+    xs = ((x[tr] - x[tr].mean(0)) / x[tr].std(0)).numpy()
+    for c in cs:
+        LogisticRegression(C=c, max_iter=10000).fit(xs, y[tr].numpy())
+
+
 def objective_gap(stacks, y, split, cs, candidate, reference) -> float:
     """Largest relative gap in sklearn's objective (float64) between ``candidate`` fits (our
     ``LinearMap`` or a dict of sklearn models) and ``reference`` sklearn models run to convergence.
@@ -287,8 +298,15 @@ def main() -> None:
               "problems": 24 * len(cs), "collect_s": round(collect_s, 2)}  # fmt: skip
     default = SolverConfig()
     with threadpool_limits(args.threads):
-        ours_s, ours_acc, ours_fit = ours_sweep(stacks, y, split, cs, default, cpu)
-        sk_s, sk_acc, sk_fits = sklearn_sweep(stacks, y, split, cs, tol=1e-4)
+        # Each side warmed up on one layer, then best of two runs at the defaults; the other
+        # sweeps run once.
+        warm_up(stacks[0][0], y, split, cs)
+        ours_s, ours_acc, ours_fit = min(
+            (ours_sweep(stacks, y, split, cs, default, cpu) for _ in range(2)), key=lambda r: r[0]
+        )
+        sk_s, sk_acc, sk_fits = min(
+            (sklearn_sweep(stacks, y, split, cs, tol=1e-4) for _ in range(2)), key=lambda r: r[0]
+        )
         sk_tol6_s, _, _ = sklearn_sweep(stacks, y, split, cs, tol=1e-6)
         # To convergence: sklearn tol 1e-10 in float64, ours tol 1e-9 in float64.
         tight_stacks = [s.double() for s in stacks]
