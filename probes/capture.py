@@ -213,7 +213,7 @@ def _last_block(model: Any, x: Tensor, kwargs: dict, read: Sequence[int], saving
             kv.seen[last] = keys_pass(model, last, x, kwargs, None)
         if all(name in acts for name, _ in savers):
             whole = replace(pack_lanes([range(n_pos)], n_pos, batch, x.device), cached=False)
-            query = whole.queries([(0, p) for p in read])
+            query = whole.queries([(0, p) for p in read], x.shape[-1])
             return query_pass(model, last, x, query, kwargs, kv.seen[last], None)
     with hooked(points, savers), attention_kv(model, [last], kv):
         out = model.blocks[last](x, **kwargs)

@@ -17,7 +17,6 @@ the bridge's own blocks, final norm and unembedding do the arithmetic.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -77,11 +76,10 @@ def run_cone(
         for g, seg in enumerate(segments)
         for lane, row in zip(*lanes.locate(g, _read_in(seg, final)), strict=True)
     ]
-    per_lane = Counter(lane for lane, _ in cells)  # the query layout's width: most per lane
-    rows = lanes.n_lanes * batch * lanes.width
-    kept = lanes.n_lanes * batch * max(per_lane.values(), default=0)
-    split = bool(cells) and worth_splitting(rows, kept, run.block_inputs[last].shape[-1])
-    query = lanes.queries(cells) if split else lanes
+    d_model = run.block_inputs[last].shape[-1]
+    rows, kept = lanes.n_lanes * batch * lanes.width, len(cells) * batch
+    split = bool(cells) and worth_splitting(rows, kept, d_model)
+    query = lanes.queries(cells, d_model) if split else lanes
     out = {name: _cached(run, name, ps, len(sites)) for name, ps in reads.items()}
     early = [g for g, s in enumerate(sites) if s.layer < last or not split]
     kv = KV(

@@ -9,9 +9,9 @@ prefix of the batch), and the others join at their own layer from the cached run
 the cached run's keys before its segment's start and its own segment's keys, as the model's own
 mask allows its position; the HF arguments that depend on position (rotary tables, position
 ids, the mask) are gathered by name (``KWARG_RULES``), so no architecture needs code of its own.
-A *query layout* (``Lanes.queries``) holds chosen rows of a layout, each as a lane of one row
-that keeps the keys of its own lane: the rows read in a last block, run apart from the rows that
-only give keys (``probes.tail``).
+A *query layout* (``Lanes.queries``) holds chosen rows of a layout in lanes of about equal width,
+each keeping all the keys of the lane its rows come from: the rows read in a last block, run
+apart from the rows that only give keys (``probes.tail``).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Lanes:
     keys: tuple[Tensor, Tensor] | None = None  # query layouts: own keys' positions, segments
     cells: tuple[dict[int, tuple[int, int]], ...] = ()  # query layouts: site -> pos -> lane, row
     picked: Tensor | None = None  # query layouts: lane x row, the rows of the full layout held
+    source: Tensor | None = None  # query layouts: per lane, the full layout's lane it reads
     cached: bool = True  # the keys start with the cached run's n_pos keys
 
     @property
@@ -78,30 +79,42 @@ class Lanes:
         row = {p: first + i for i, p in enumerate(self.segments[site])}
         return [lane] * len(positions), [row[p] for p in positions]
 
-    def queries(self, cells: Sequence[tuple[int, int]]) -> Lanes:
-        """A query layout: the same lanes holding only the rows of ``cells`` ((lane, row), not
-        padding; lanes with fewer repeat their first row, unread), whose own keys are still all
-        of their lane's rows. Site g's segment there is the positions of its cells."""
-        per_lane: list[list[int]] = [[] for _ in range(self.n_lanes)]
+    def queries(self, cells: Sequence[tuple[int, int]], d_model: int) -> Lanes:
+        """A query layout: the rows of ``cells`` ((lane, row), not padding) in lanes of their
+        own, each keeping all of its source lane's rows as its own keys (``source``). A lane
+        with many cells is split into query lanes of one width (``_query_width``), so that one
+        crowded lane does not pad every other; a lane's last chunk repeats its first row,
+        unread. Site g's segment there is the positions of its cells."""
+        per_lane: dict[int, list[int]] = {}
         for lane, row in cells:
-            per_lane[lane].append(row)
-        width = max(len(rows) for rows in per_lane)
-        picked = [rows + [rows[0] if rows else 0] * (width - len(rows)) for rows in per_lane]
+            per_lane.setdefault(lane, []).append(row)
+        n_keys = self.width + (self.n_pos if self.cached else 0)
+        width = _query_width([len(rows) for rows in per_lane.values()], d_model, n_keys)
         segment, positions = self.segment.tolist(), self.positions.tolist()
         found: list[dict[int, tuple[int, int]]] = [{} for _ in self.segments]
-        for lane, rows in enumerate(per_lane):
-            for j, r in enumerate(rows):
-                found[segment[lane][r]][positions[lane][r]] = (lane, j)
-        index = torch.tensor(picked, dtype=torch.long, device=self.positions.device)
+        source, picked = [], []
+        for lane in sorted(per_lane):
+            rows = per_lane[lane]
+            for at in range(0, len(rows), width):
+                chunk = rows[at : at + width]
+                for j, r in enumerate(chunk):
+                    found[segment[lane][r]][positions[lane][r]] = (len(source), j)
+                source.append(lane)
+                picked.append(chunk + [chunk[0]] * (width - len(chunk)))
+        device = self.positions.device
+        src = torch.tensor(source, dtype=torch.long, device=device)
+        index = torch.tensor(picked, dtype=torch.long, device=device).view(len(source), width)
         return replace(
             self,
-            positions=self.positions.gather(1, index),
-            segment=self.segment.gather(1, index),
+            positions=self.positions[src].gather(1, index),
+            segment=self.segment[src].gather(1, index),
             where=(),
             segments=tuple(tuple(f) for f in found),
-            keys=(self.positions, self.segment),
+            starts=tuple(self.starts[lane] for lane in source) if self.starts else (),
+            keys=(self.positions[src], self.segment[src]),
             cells=tuple(found),
             picked=index,
+            source=src,
         )
 
     def by_lane(self, act: Tensor) -> Tensor:
@@ -142,6 +155,20 @@ class Lanes:
             full = torch.cat([rows.masked_fill(~cached[:, None, None], low), full], dim=-1)
         full = full.expand(self.n_lanes, self.batch, *full.shape[2:])
         return full.reshape(self.n_lanes * self.batch, *full.shape[2:])
+
+
+def _query_width(counts: Sequence[int], d_model: int, n_keys: int) -> int:
+    """The query lane width that costs least for lanes holding ``counts`` read rows: every row
+    run, padding included, against a fixed cost per query lane, its attention over its own copy
+    of ``n_keys`` keys in many tiny products, measured on a CPU at about 4 rows' worth at
+    d_model 64 and 64 keys, and falling with the square of d_model (a row's weights)."""
+    per_lane = 4.0 * (n_keys / 64) * (64 / d_model) ** 2
+
+    def cost(width: int) -> float:
+        lanes = sum(-(-n // width) for n in counts)
+        return lanes * (width + per_lane)
+
+    return min(range(1, max(counts, default=1) + 1), key=cost)
 
 
 def _low(mask: Tensor | None) -> float:

@@ -149,11 +149,15 @@ def query_pass(
     be built for it), attending to ``keys`` (every row's, from ``keys_pass``) after ``prefix``
     (the cached run's, tiled per lane, when the layout has them)."""
     batch, (n_lanes, width) = query.batch, query.picked.shape
-    by_lane = hidden.view(n_lanes, batch, *hidden.shape[1:])
-    lanes = torch.arange(n_lanes, device=hidden.device)[:, None]
-    rows = by_lane[lanes, :, query.picked].transpose(1, 2)  # lane batch picked d_model
+    by_lane = hidden.view(-1, batch, *hidden.shape[1:])
+    rows = by_lane[query.source[:, None], :, query.picked].transpose(1, 2)  # lane batch row d
     rows = rows.reshape(n_lanes * batch, width, hidden.shape[-1])
-    kv = KV(None if prefix is None else {i: prefix}, own={i: keys})
+
+    def per_query_lane(x: Tensor) -> Tensor:  # (full lane, batch) ... -> (query lane, batch) ...
+        return x.view(-1, batch, *x.shape[1:])[query.source].reshape(-1, *x.shape[1:])
+
+    own = tuple(per_query_lane(x) for x in keys)
+    kv = KV(None if prefix is None else {i: tuple(map(per_query_lane, prefix))}, own={i: own})
     with attention_kv(model, [i], kv):
         out = model.blocks[i](rows, **Adapter(query)(kwargs))
     return out[0] if isinstance(out, tuple) else out

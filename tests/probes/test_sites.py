@@ -71,3 +71,26 @@ def test_cone_positions_trim_the_last_block_to_what_is_read():
     assert cone_positions(Site("z", 2, 1, position=3), n_layers, n_pos, read) == []
     assert cone_positions(Site("mlp_out", 2), n_layers, n_pos, read) == [7]
     assert cone_positions(Site("v", 2, 1), n_layers, n_pos, read) == list(range(8))
+
+
+def test_query_layout_splits_a_crowded_lane_and_keeps_its_keys():
+    # One lane of 2-row segments (8 reads) and one long segment (1 read), 40 keys per lane. At
+    # d_model 64 a query lane costs 2.5 rows: width 4 (lanes of 1, 4 and 4 reads) costs
+    # 3 * 6.5, less than width 8 (2 * 10.5) or 2 (5 * 4.5). At d_model 16 rows are cheap
+    # against lanes (40 rows each) and the crowded lane stays whole.
+    segments = [[p, 19] for p in range(1, 9)] + [list(range(20))]
+    lanes = pack_lanes(segments, 20, batch=3, starts=[1] * 8 + [0])
+    assert lanes.n_lanes == 2
+    reads = [
+        (lane, row) for g in range(9) for lane, row in zip(*lanes.locate(g, [19]), strict=True)
+    ]
+    whole = lanes.queries(reads, d_model=16)
+    assert whole.width == 8 and whole.n_lanes == 2
+    query = lanes.queries(reads, d_model=64)
+    assert query.width == 4 and query.n_lanes == 3
+    for g in range(len(segments)):
+        (lane,), (row,) = query.locate(g, [19])
+        source = int(query.source[lane])
+        assert query.positions[lane, row] == 19 and query.segment[lane, row] == g
+        assert query.keys[0][lane].tolist() == lanes.positions[source].tolist()
+        assert query.starts[lane] == lanes.starts[source]
