@@ -9,9 +9,9 @@ prefix of the batch), and the others join at their own layer from the cached run
 the cached run's keys before its segment's start and its own segment's keys, as the model's own
 mask allows its position; the HF arguments that depend on position (rotary tables, position
 ids, the mask) are gathered by name (``KWARG_RULES``), so no architecture needs code of its own.
-A *query layout* (``Lanes.queries``) holds chosen rows of a layout in lanes of about equal width,
-each keeping all the keys of the lane its rows come from: the rows read in a last block, run
-apart from the rows that only give keys (``probes.tail``).
+A *query layout* (``Lanes.queries``) holds chosen rows of a layout in lanes of one width (chosen
+by cost), each keeping all the keys of the lane its rows come from: the rows read in a last
+block, run apart from the rows that only give keys (``probes.tail``).
 """
 
 from __future__ import annotations

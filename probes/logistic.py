@@ -79,7 +79,7 @@ class _Data:
 def _row_sum(picked: Tensor) -> Tensor:
     """``[*feat cls prob row]`` -> ``[*feat prob]`` in float64. Each row has one picked class, so
     the class sum is exact in the working dtype; only the row sum needs float64, and converting
-    after the class sum converts a quarter (4 classes) of the values."""
+    after the class sum converts one value per row instead of one per class."""
     return picked.sum(-3).sum(-1, dtype=torch.float64)
 
 
