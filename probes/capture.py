@@ -25,7 +25,7 @@ from lab.types import Tokens
 from probes.lanes import KWARG_RULES, pack_lanes
 from probes.tail import KV, attention_kv, hooked, keys_pass, query_pass, worth_splitting
 
-__all__ = ["TargetRun", "capture", "check_eval", "unembed"]
+__all__ = ["TargetRun", "capture", "check_eval", "resid_pre", "unembed"]
 
 
 def check_eval(*models: Any) -> None:
@@ -50,10 +50,10 @@ class TargetRun:
     tokens: Tokens  # its input
     block_inputs: list[Float[Tensor, "batch pos d_model"]]  # residual into each block, to last
     block_kwargs: list[dict[str, Any]]  # named arguments the HF model passed each block
-    keys: list[Tensor]  # per block: batch kv_head pos d_head, as its attention stored them
-    values: list[Tensor]  # per block: batch kv_head pos d_head
+    keys: list[Tensor | None]  # per block: batch kv_head pos d_head (None: last, deferred)
+    values: list[Tensor | None]  # per block: batch kv_head pos d_head
     logits: Float[Tensor, "batch read vocab"] | None  # the output at ``read`` (None: not run)
-    read: tuple[int, ...]  # the positions whose logits were kept
+    read: tuple[int, ...]  # the positions whose logits are kept (or will be, when deferred)
     last: int  # the last block run (and kept): cones need no later one
     acts: dict[str, Tensor]  # activations at the hooks asked for, all positions
     points: dict[str, Any]  # those hooks' HookPoints by name
@@ -128,16 +128,31 @@ def _named(block: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     return named
 
 
+class _Deferred(Exception):
+    """Raised at the last block's input when the caller runs that block itself."""
+
+
+def resid_pre(layer: int) -> str:
+    """The hook of a block's input residual (what ``capture(defer=True)`` keeps at ``last``)."""
+    return f"blocks.{layer}.hook_resid_pre"
+
+
 def capture(
     model: Any,
     tokens: Tokens,
     hooks: Sequence[str] = (),
     read: Sequence[int] | None = None,
     last: int | None = None,
+    defer: bool = False,
 ) -> TargetRun:
     """Run ``model`` on ``tokens`` once, keeping what every downstream cone reuses up to block
     ``last`` (all), the activations at ``hooks`` (all positions; those past ``last`` are not
-    run) and the logits at ``read`` (all positions; None: no logits, nothing past ``last``)."""
+    run) and the logits at ``read`` (all positions; None: no logits, nothing past ``last``).
+
+    ``defer``: stop at the last block's input, keeping it and the block's arguments, and run
+    nothing of that block: no logits, and no keys or values for it (None). The caller runs it
+    (``run_cone`` with the run as a baseline lane). Every hook asked for must come before it
+    (the last block's own ``hook_resid_pre`` is its input)."""
     check_eval(model)
     n_layers, n_pos = int(model.cfg.n_layers), int(tokens.shape[1])
     last = n_layers - 1 if last is None or read is not None else last
@@ -148,6 +163,8 @@ def capture(
         def hook(module, args, kwargs):
             inputs[i] = args[0] if args else kwargs["hidden_states"]
             kwargs_by_block[i] = _named(module, args, kwargs)
+            if defer and i == last:
+                raise _Deferred
 
         return hook
 
@@ -169,10 +186,12 @@ def capture(
     ]
     # With logits, the last block is run below; without, every block up to ``last`` here.
     stop = last if read is not None else last + 1 if last + 1 < n_layers else None
-    ran = last if read is not None else last + 1
+    ran = last if read is not None or defer else last + 1
     try:
         with torch.inference_mode(), attention_kv(model, range(ran), kv), hooked(points, savers):
-            model(tokens, stop_at_layer=stop)
+            model(tokens, stop_at_layer=None if defer else stop)
+    except _Deferred:
+        pass
     finally:
         for h in handles:
             h.remove()
@@ -182,7 +201,12 @@ def capture(
             "this model's attention does not support a key/value prefix, so cones cannot run."
         )
     logits, read = None, tuple(range(n_pos)) if read is None else tuple(read)
-    if len(kv.seen) == last:
+    if defer:
+        if resid_pre(last) in points:
+            acts[resid_pre(last)] = inputs[last]
+        if missing := [h for h in hooks if h not in acts]:
+            raise LabError(f"Hooks {missing} come after block {last}'s input; cannot defer it.")
+    elif len(kv.seen) == last:
         with torch.inference_mode():
             saving = (points, savers, acts)
             resid = _last_block(model, inputs[last], kwargs_by_block[last], read, saving, kv)
@@ -192,10 +216,10 @@ def capture(
         tokens=tokens,
         block_inputs=inputs[: last + 1],
         block_kwargs=kwargs_by_block[: last + 1],
-        keys=[kv.seen[i][0] for i in range(last + 1)],
-        values=[kv.seen[i][1] for i in range(last + 1)],
+        keys=[kv.seen[i][0] if i in kv.seen else None for i in range(last + 1)],
+        values=[kv.seen[i][1] if i in kv.seen else None for i in range(last + 1)],
         logits=logits,
-        read=read if logits is not None else (),
+        read=read if logits is not None or defer else (),
         acts=acts,
         points=points,
         last=last,

@@ -10,26 +10,28 @@ Speed comes from exactness, not approximation (``probes.cone``, ``probes.lanes``
 (and, within one model, the source) runs once; a patch at layer L and position p is recomputed
 only in blocks L.. and at positions p.. (in the last block only where the metrics read), many
 sites' cones packed into one forward (``rows_per_forward``); only the positions the metrics read
-are unembedded, and a patch that writes exactly what is already there is not run at all.
+are unembedded, and a patch that writes exactly what is already there is not run at all. When
+every site's activation is known before the last block and the metrics read logits, the capture
+stops there and the unpatched runs' last block joins the first cone forward as lanes of its own.
 Results equal a full forward per site (as ``transformer_lens.patching`` does) to float rounding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from lab.errors import LabError
 from lab.types import Tokens
-from probes.capture import capture, check_eval
+from probes.capture import capture, check_eval, resid_pre
 from probes.cone import cone_positions, run_cone
 from probes.metrics import Metric, hook_layer, resolve_positions
+from probes.results import COLUMNS, result_table, sites_of
 from probes.sites import Site, enumerate_sites, patching_hooks, site_kind
 
 __all__ = [
@@ -43,9 +45,6 @@ __all__ = [
     "patch_jointly",
     "sites_of",
 ]
-
-# The columns of every result table, one row per (site, metric).
-COLUMNS = ("site", "layer", "head", "position", "metric", "value", "target", "source", "share")
 
 
 @dataclass(frozen=True)
@@ -192,14 +191,22 @@ def patch(
     last = max(layers.values())  # no block after it can change what is read
     site_list = _as_sites(sites, target_model, n_pos, by_position)
 
-    hooks = sorted({s.hook for s in site_list if s.layer <= last} | (set(reads) - {"logits"}))
+    reached = [s for s in site_list if s.layer <= last]
+    # Logits only, and every site's activation known before the last block: that block runs
+    # once, in the first cone forward, with the unpatched runs as lanes of their own.
+    defer = set(reads) == {"logits"} and all(
+        s.layer < last or s.kind == "resid_pre" for s in reached
+    )
+    within = source_model is target_model
+    hooks = {s.hook for s in reached} | (set(reads) - {"logits"})
+    hooks = sorted(hooks | ({resid_pre(last)} if defer and within else set()))
     logits = reads.get("logits")
-    if source_model is target_model:  # one forward for both runs
+    if within:  # one forward for both runs
         both = torch.cat([target_tokens, source_tokens.to(target_tokens.device)])
-        run, src = capture(target_model, both, hooks, logits, last).split(target_tokens.shape[0])
+        run, src = capture(target_model, both, hooks, logits, last, defer).split(len(target_tokens))
         src_logits, acts = src.logits, src.acts
     else:
-        run = capture(target_model, target_tokens, hooks, logits, last)
+        run = capture(target_model, target_tokens, hooks, logits, last, defer)
         with torch.inference_mode():
             src_logits, src_cache = source_model.run_with_cache(
                 source_tokens.to(_device(source_model)), names_filter=lambda n: n in hooks
@@ -207,63 +214,48 @@ def patch(
         device = run.tokens.device
         acts = {h: src_cache[h].to(device) for h in hooks}
         src_logits = src_logits[:, logits].to(device) if logits else None
-    base_target = [m(_read_values(run.logits, run.acts, reads, m.reads)) for m in bound]
-    base_source = [m(_read_values(src_logits, acts, reads, m.reads)) for m in bound]
+    baseline = ([None] + ([acts[resid_pre(last)]] if within else [])) if defer else []
+
+    def unpatched(logits, run_acts) -> list[float]:
+        return [m(_read_values(logits, run_acts, reads, m.reads)) for m in bound]
+
+    base_target = None if defer else unpatched(run.logits, run.acts)  # deferred: from the cones
+    base_source = None if defer and within else unpatched(src_logits, acts)
 
     values: dict[Site, list[float]] = {}
-    todo = []
+    todo, skipped = [], []
     final = sorted({p for r, ps in reads.items() if layers[r] == last for p in ps})
-    reached = [s for s in site_list if s.layer <= last]
     unchanged = _unchanged(reached, run.acts, acts) if config.skip_unchanged else set()
     for s in sorted(site_list, key=lambda s: (s.layer, s.first_position)):
         rows = len(cone_positions(s, last + 1, n_pos, final)) if s.layer <= last else 0
         if not rows or s in unchanged:
-            values[s] = base_target  # the patch cannot change what the metrics read
+            skipped.append(s)  # the patch cannot change what the metrics read
         else:
             todo.append((s, rows))
-    groups = _groups(todo, config.rows_per_forward)
+    groups = _groups(todo, config.rows_per_forward) or ([[]] if defer else [])
 
     with torch.inference_mode():
         bar = tqdm(groups, desc="patching", leave=False) if config.progress else groups
-        for group in bar:
-            got = run_cone(run, group, acts, reads, layers)
+        for k, group in enumerate(bar):
+            extra = baseline if k == 0 else []
+            got, made = run_cone(run, group, acts, reads, layers, extra)
             scores = [m.many(got[m.reads]) for m in bound]
             for g, s in enumerate(group):
                 values[s] = [by_metric[g] for by_metric in scores]
+            if extra:  # the unpatched runs' values; later forwards start from its last block
+                base_target = [by_metric[len(group)] for by_metric in scores]
+                if within:
+                    base_source = [by_metric[len(group) + 1] for by_metric in scores]
+                run = replace(
+                    run,
+                    keys=[*run.keys[:-1], made[0]],
+                    values=[*run.values[:-1], made[1]],
+                    logits=got["logits"][len(group)],
+                )
+    for s in skipped:
+        values[s] = base_target
 
-    return _table(site_list, bound, values, base_target, base_source)
-
-
-def _table(sites: Sequence[Site], bound, values: dict, target: list, source: list) -> pd.DataFrame:
-    """The result table: one row per (site, metric), sites in the order given."""
-    n_metrics = len(bound)
-    value = np.array([values[s] for s in sites], dtype=np.float64).reshape(-1)
-    target_col = np.tile(np.array(target, dtype=np.float64), len(sites))
-    source_col = np.tile(np.array(source, dtype=np.float64), len(sites))
-    gap = source_col - target_col
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(gap != 0, (value - target_col) / gap, np.nan)
-
-    def per_row(xs: list) -> list:
-        return [x for x in xs for _ in range(n_metrics)]
-
-    def optional(xs: list) -> pd.arrays.IntegerArray:  # nullable Int64: None -> <NA>
-        missing = np.array([x is None for x in xs], dtype=bool)
-        data = np.array([0 if x is None else x for x in xs], dtype=np.int64)
-        return pd.arrays.IntegerArray(np.repeat(data, n_metrics), np.repeat(missing, n_metrics))
-
-    table = {
-        "site": per_row([s.kind for s in sites]),
-        "layer": np.repeat(np.array([s.layer for s in sites], dtype=np.int64), n_metrics),
-        "head": optional([s.head for s in sites]),
-        "position": optional([s.position for s in sites]),
-        "metric": [m.name for m in bound] * len(sites),
-        "value": value,
-        "target": target_col,
-        "source": source_col,
-        "share": share,
-    }
-    return pd.DataFrame({c: table[c] for c in COLUMNS})
+    return result_table(site_list, [m.name for m in bound], values, base_target, base_source)
 
 
 def _read_values(logits, acts: dict, reads: dict, name: str) -> torch.Tensor:
@@ -296,19 +288,6 @@ def cross_model(pair: Any, tokens: Tokens, sites, metrics, *, into: str = "tuned
         raise LabError(f"into must be one of {sorted(pair.models)}, not {into!r}.")
     other = "base" if into == "tuned" else "tuned"
     return patch(pair.models[into], tokens, pair.models[other], tokens, sites, metrics, **kw)
-
-
-def sites_of(table: pd.DataFrame) -> list[Site]:
-    """The sites of a result table's rows (e.g. the top rows of a screen), in order."""
-    return [
-        Site(
-            r.site,
-            int(r.layer),
-            None if pd.isna(r.head) else int(r.head),
-            None if pd.isna(r.position) else int(r.position),
-        )
-        for r in table.itertuples()
-    ]
 
 
 def patch_jointly(

@@ -11,7 +11,7 @@ arithmetic in both passes; nothing here depends on the architecture.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,11 +34,13 @@ class _KeysReady(Exception):
 class KV:
     """What bridge attentions call ``update(k, v, layer)`` on: it records what it is handed and
     returns the keys to attend to: ``own`` (keys computed earlier) in place of the new ones if
-    given, after ``prefix`` (the cached run's) if given. ``stop``: end the block right there."""
+    given, after ``prefix`` (the cached run's) if given. A prefix may also be a function of the
+    keys and values handed over (the cached run's made in the same call, as one of its lanes).
+    ``stop``: end the block right there."""
 
     def __init__(
         self,
-        prefix: Mapping[int, KeysValues] | None = None,
+        prefix: Mapping[int, KeysValues | Callable[[Tensor, Tensor], KeysValues]] | None = None,
         own: Mapping[int, KeysValues] | None = None,
         stop: bool = False,
     ):
@@ -52,7 +54,8 @@ class KV:
         if self.own is not None:
             k, v = self.own[layer]
         if self.prefix is not None:
-            pk, pv = self.prefix[layer]
+            pre = self.prefix[layer]
+            pk, pv = pre(k, v) if callable(pre) else pre
             k, v = torch.cat([pk, k], dim=-2), torch.cat([pv, v], dim=-2)
         return k, v
 

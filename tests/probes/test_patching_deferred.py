@@ -1,0 +1,115 @@
+"""The deferred last block: when every site's activation is known before the last block and the
+metrics read logits, the capture stops at that block's input and the first cone forward runs it
+for the unpatched runs too (lanes of their own). Each result must still equal one full forward
+per site."""
+
+import pytest
+import torch
+import transformer_lens.patching as tlp
+
+import probes.capture
+import probes.cone
+import probes.patching
+from lab import load_pair
+from lab.testing import TEST_SPECS, make_pair
+from lab.testing import corrupted_prompts as prompts
+from probes.metrics import LogProb
+from probes.patching import PatchConfig, cross_model, denoise, patch_jointly
+from probes.sites import Site
+
+ATOL = 1e-5
+QUIET = PatchConfig(rows_per_forward=64, progress=False)
+
+
+@pytest.fixture
+def deferrals(monkeypatch):
+    """The ``defer`` argument of every capture made, so a test can see that the path ran."""
+    seen = []
+    real = probes.patching.capture
+
+    def spy(*args, **kwargs):
+        seen.append(args[5] if len(args) > 5 else kwargs.get("defer", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probes.patching, "capture", spy)
+    return seen
+
+
+def two_reads(batch):
+    """Reads an early and the last position: cones at later positions reach only one of them."""
+    return LogProb(positions=(2, -1), targets=torch.arange(batch) + 3)
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("into", ["tuned", "base"])
+def test_cross_model_resid_pre_equals_a_full_forward_per_site(
+    loaded_pair, monkeypatch, deferrals, split, into
+):
+    if split:  # the last block in two passes (keys of every row, then the rows read)
+        for module in (probes.cone, probes.capture):
+            monkeypatch.setattr(module, "worth_splitting", lambda rows, kept, d_model: True)
+    pair = loaded_pair("llama")
+    tokens, _ = prompts(batch=3)
+    metric = two_reads(3)
+    sites = [Site("resid_pre", layer, position=p) for layer in (0, 1) for p in (0, 1, 4, 7)]
+    sites.append(Site("resid_pre", 1))
+    table = cross_model(pair, tokens, sites, metric, into=into, config=QUIET)
+    assert deferrals == [True]
+    other = "base" if into == "tuned" else "tuned"
+    target, source = pair.models[into], pair.models[other]
+    for site, value in zip(sites, table["value"], strict=True):
+        ref = patch_jointly(target, tokens, source, tokens, [site], metric)
+        assert value == pytest.approx(ref, abs=ATOL)
+    unpatched = patch_jointly(target, tokens, target, tokens, [Site("resid_pre", 0)], metric)
+    assert table["target"].to_numpy() == pytest.approx(unpatched, abs=ATOL)
+
+
+def test_sweep_over_several_forwards_equals_transformer_lens(loaded_pair, deferrals):
+    """Forwards after the first take the last block's keys that the first one made."""
+    model = loaded_pair("gpt2").tuned
+    clean, corrupted = prompts()
+    metric = two_reads(2)
+    _, cache = model.run_with_cache(clean)
+    expected = tlp.get_act_patch_resid_pre(
+        model, corrupted, cache, lambda x: metric(x[:, list(metric.positions)]).mean()
+    )
+    cfg = PatchConfig(rows_per_forward=8, progress=False)
+    table = denoise(model, clean, corrupted, "resid_pre", metric, config=cfg)
+    assert deferrals == [True]
+    got = torch.tensor(table.sort_values(["layer", "position"])["value"].to_numpy())
+    assert torch.allclose(got, expected.flatten().double(), atol=ATOL, rtol=0)
+
+
+def test_nothing_to_patch_still_reports_both_runs(loaded_pair, deferrals):
+    """Identical prompts: every patch is skipped, and the first forward runs the baselines only."""
+    model = loaded_pair("gpt2").base
+    clean, _ = prompts()
+    metric = two_reads(2)
+    table = denoise(model, clean, clean.clone(), "resid_pre", metric, config=QUIET)
+    assert deferrals == [True]
+    with torch.inference_mode():
+        expected = float(metric(model(clean)[:, list(metric.positions)]).mean())
+    for column in ("value", "target", "source"):
+        assert table[column].to_numpy() == pytest.approx(expected, abs=ATOL)
+
+
+def test_one_layer_model_equals_transformer_lens(tmp_path, deferrals):
+    """One block: it is the last, and the capture runs nothing but the embeddings."""
+    pair = load_pair(*make_pair(tmp_path, TEST_SPECS["gpt2"], n_layers=1), device="cpu")
+    clean, corrupted = prompts()
+    metric = two_reads(2)
+    _, cache = pair.base.run_with_cache(clean)
+    expected = tlp.get_act_patch_resid_pre(
+        pair.base, corrupted, cache, lambda x: metric(x[:, list(metric.positions)]).mean()
+    )
+    table = denoise(pair.base, clean, corrupted, "resid_pre", metric, config=QUIET)
+    assert deferrals == [True]
+    got = torch.tensor(table.sort_values(["layer", "position"])["value"].to_numpy())
+    assert torch.allclose(got, expected.flatten().double(), atol=ATOL, rtol=0)
+
+
+def test_sites_inside_the_last_block_are_not_deferred(loaded_pair, deferrals):
+    model = loaded_pair("gpt2").base
+    clean, corrupted = prompts()
+    denoise(model, clean, corrupted, [Site("mlp_out", 1, position=3)], two_reads(2), config=QUIET)
+    assert deferrals == [False]
