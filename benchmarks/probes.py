@@ -134,10 +134,12 @@ def ours_sweep(stacks, y, split, cs, solver, device):
 def product_floor(stacks, split, fitted, n_cs: int) -> tuple[float, int]:
     """(seconds, data passes): what the data passes alone of our sweep cost, with no solver work
     around them. Each feature set made two passes per iteration of its slowest problem, each a
-    product of its training rows with one column per (C, class); one such pair of products is
-    timed at the same shapes and multiplied out."""
+    product of its training rows with one column per (C, free class); one such pair of products is
+    timed at the same shapes and multiplied out (every class is present: ``N_CLS - 1`` free
+    columns per problem, see ``probes.logistic``)."""
     x = stacks[0][0, split.train].contiguous()  # row d_model
-    w, r = torch.randn(n_cs * N_CLS, x.shape[1]), torch.randn(n_cs * N_CLS, x.shape[0])
+    cols = n_cs * (N_CLS - 1)
+    w, r = torch.randn(cols, x.shape[1]), torch.randn(cols, x.shape[0])
     for _ in range(3):
         w @ x.T, r @ x
     start = time.perf_counter()

@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from probes.logistic import fit_logistic, logistic_objective
+from probes.linear import Probe
+from probes.logistic import _sum_zero_basis, fit_logistic, logistic_objective
 from probes.solvers import SolverConfig, fit_diff_means, fit_ridge
 
 TIGHT = SolverConfig(tol=1e-9, max_iter=2000)
@@ -182,3 +183,37 @@ def test_float32_small_c_is_not_stopped_early(n, c):
     _, g = logistic_objective(x.float(), theta, *args)
     _, g0 = logistic_objective(x.float(), torch.zeros_like(theta), *args)
     assert g.norm() <= SolverConfig().tol * g0.norm()  # met the tolerance, not stalled short
+
+
+@pytest.mark.parametrize("n_cls", [2, 3, 5])
+def test_sum_zero_basis_is_orthonormal_and_sums_to_zero(n_cls):
+    basis = _sum_zero_basis(n_cls, torch.zeros((), dtype=torch.float64))
+    assert basis.shape == (n_cls, n_cls - 1)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(n_cls - 1, dtype=torch.float64))
+    torch.testing.assert_close(basis.sum(0), torch.zeros(n_cls - 1, dtype=torch.float64))
+
+
+def test_all_classes_present_solves_in_the_sum_zero_subspace():
+    """With every class present the weights are solved in K - 1 free columns: the same optimum
+    as the full K-column solve (forced here by an extra, absent class), summing to zero."""
+    x, y = _problem()
+    args = (y[None], torch.ones(1, len(y), dtype=torch.float64), torch.tensor([0.5]))
+    reduced = fit_logistic(x, *args, torch.ones(1, 3, dtype=torch.bool), TIGHT)
+    full = fit_logistic(x, *args, torch.tensor([[True, True, True, False]]), TIGHT)
+    torch.testing.assert_close(reduced.weight, full.weight[..., :3], atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(reduced.weight.sum(-1), torch.zeros(2, 1, 12, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("c", [0.05, 2.0])
+def test_binary_probe_matches_sklearn(c):
+    """Two classes: one free column; sklearn's binary model on the standardised features (the
+    probe standardises), coefficients and probabilities."""
+    x, y = _problem(k=2)
+    probe = Probe("logistic", reg=c, solver=TIGHT).fit(x[0], y)
+    mean, scale = x[0].mean(0), x[0].std(0, correction=0)
+    z = ((x[0] - mean) / scale).numpy()
+    sk = LogisticRegression(C=c, tol=1e-12, max_iter=10000).fit(z, y.numpy())
+    direction = (probe.directions[1] - probe.directions[0]) * scale  # standardised units
+    np.testing.assert_allclose(direction.numpy(), sk.coef_[0], atol=1e-6, rtol=1e-5)
+    proba = torch.softmax(probe.decision_function(x[0]), -1).numpy()
+    np.testing.assert_allclose(proba, sk.predict_proba(z), atol=1e-7)
