@@ -1,9 +1,10 @@
 """Linear probe kinds, registered by name, and a sklearn-style ``Probe`` on stacked feature sets.
 
 A kind is a small strategy: how targets are encoded, which batched solver fits them and how a
-prediction is scored. One generic routine (``fit_linear``) standardises the features, encodes the
-targets, calls the kind's solver for every (feature set, target, regularisation) at once and folds
-the standardisation back, so every fitted map applies to raw activations.
+prediction is scored. One generic routine (``fit_linear``) takes the features' statistics,
+encodes the targets, calls the kind's solver for every (feature set, target, regularisation) at
+once (each solver standardises one feature set at a time, so the stack is never copied whole) and
+folds the standardisation back, so every fitted map applies to raw activations.
 
 - ``logistic``: multinomial logistic regression, sklearn's objective; ``reg`` is sklearn's ``C``
   (two classes: sklearn's binary model, fitted as the equivalent multinomial at ``C / 2``).
@@ -25,7 +26,7 @@ from lab.errors import LabError, close_matches
 from probes.checks import as_stack, as_values, check_target
 from probes.logistic import fit_logistic
 from probes.solvers import LinearMap, SolverConfig, fit_diff_means, fit_ridge
-from probes.splits import standardize
+from probes.splits import Scaling
 
 __all__ = [
     "PROBE_KINDS",
@@ -39,20 +40,21 @@ __all__ = [
 ]
 
 
-def _fit_logistic(x, y, weights, regs, n_cls, solver):
+def _fit_logistic(x, scaling, y, weights, regs, n_cls, solver):
     labels = einops.repeat(y, "t n -> (t r) n", r=len(regs))
     mask = _class_mask(y, n_cls).repeat_interleave(len(regs), 0)
     # sklearn fits two classes as one binary model; the multinomial optimum at C / 2 is that map.
     c = regs.repeat(y.shape[0]) * torch.where(mask.sum(1) == 2, 0.5, 1.0).to(regs)
-    return fit_logistic(x, labels, weights.repeat_interleave(len(regs), 0), c, mask, solver)
+    w = weights.repeat_interleave(len(regs), 0)
+    return fit_logistic(x, labels, w, c, mask, solver, scaling=scaling)
 
 
-def _fit_ridge(x, y, weights, regs, n_cls, solver):
-    return fit_ridge(x, y, regs)
+def _fit_ridge(x, scaling, y, weights, regs, n_cls, solver):
+    return fit_ridge(x, y, regs, scaling=scaling)
 
 
-def _fit_diff_means(x, y, weights, regs, n_cls, solver):
-    return fit_diff_means(x, y, weights, _class_mask(y, n_cls))
+def _fit_diff_means(x, scaling, y, weights, regs, n_cls, solver):
+    return fit_diff_means(x, y, weights, _class_mask(y, n_cls), scaling=scaling)
 
 
 def _class_mask(y: Tensor, n_cls: int) -> Tensor:
@@ -84,7 +86,7 @@ class ProbeKind:
     default_regs: tuple[float, ...]  # grid searched on validation when none is given
     fit: Callable[
         ..., LinearMap
-    ]  # (x_std, y, weights, regs, n_cls, solver) -> maps, (tgt, reg) major
+    ]  # (x, scaling, y, weights, regs, n_cls, solver) -> standardised-space maps, (tgt, reg) major
     score: Callable[
         [Tensor, Tensor], Tensor
     ]  # (outputs [feat tgt reg row out], y) -> [feat tgt reg]
@@ -141,14 +143,13 @@ def fit_linear(
             "targets. "
             "Drop balanced=True or use 'logistic' / 'diff_means'."
         )
-    z, mean, scale = standardize(x)
+    scaling = Scaling.of(x)  # the kinds standardise one feature set at a time: no copy of x
     regs_t = torch.as_tensor(regs, dtype=x.dtype, device=x.device)
     if kind.classification:
         weights = balance_weights(y, n_cls) if balanced else torch.ones(y.shape, device=x.device)
     else:
         weights = torch.ones(y.shape[:2], device=x.device)
-    fitted = kind.fit(z, y, weights.to(x.dtype), regs_t, n_cls, solver)
-    del z
+    fitted = kind.fit(x, scaling, y, weights.to(x.dtype), regs_t, n_cls, solver)
     if fitted.weight.shape[1] != y.shape[0] * len(regs):  # closed-form kinds ignore regs
         reps = len(regs)
         fitted = LinearMap(
@@ -157,8 +158,8 @@ def fit_linear(
             fitted.n_iter.repeat_interleave(reps, 1),
             fitted.converged.repeat_interleave(reps, 1),
         )
-    weight = fitted.weight / scale[:, None, :, None]
-    bias = fitted.bias - einops.einsum(mean, weight, "f d, f p d o -> f p o")
+    weight = fitted.weight / scaling.scale[:, None, :, None]
+    bias = fitted.bias - einops.einsum(scaling.mean, weight, "f d, f p d o -> f p o")
     return LinearMap(weight, bias, fitted.n_iter, fitted.converged)
 
 

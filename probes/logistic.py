@@ -30,6 +30,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from probes.solvers import LinearMap, SolverConfig
+from probes.splits import Scaling
 
 __all__ = ["fit_logistic", "logistic_objective"]
 
@@ -281,11 +282,14 @@ def fit_logistic(
     c: Float[Tensor, " prob"],
     class_mask: Bool[Tensor, "prob cls"],
     config: SolverConfig = SolverConfig(),
+    scaling: Scaling | None = None,
 ) -> LinearMap:
     """Fit every (feature set, problem) pair to sklearn's multinomial optimum.
 
     On a GPU all feature sets go through each pass together. On a CPU they are solved one after
     another, each warm-started from the previous set's answer where that is better than zero.
+    With ``scaling``, each group of feature sets is standardised as it is solved, into one
+    reused buffer, and the maps are in standardised units.
     """
     n_feat, _, d = x.shape
     n_prob, n_cls = class_mask.shape
@@ -297,8 +301,11 @@ def fit_logistic(
     groups = [slice(f, f + 1) for f in range(n_feat)] if cpu else [slice(0, n_feat)]
     thetas, iters, met_all = [], [], []
     previous = None
+    buffer = None  # the standardised group being solved
     for group in groups:
-        data = _Data(x[group], *args)
+        if scaling is not None:
+            buffer = scaling.apply(x[group], group, out=buffer)
+        data = _Data(x[group] if scaling is None else buffer, *args)
         n_set = group.stop - group.start
         zero = x.new_zeros(n_set, n_prob, d + 1, n_free)
         z = x.new_zeros(n_set, n_cls, n_prob, x.shape[1])  # the logits at W = 0, without a pass

@@ -17,6 +17,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from probes.splits import Scaling
+
 __all__ = ["LinearMap", "SolverConfig", "fit_diff_means", "fit_ridge"]
 
 
@@ -46,25 +48,28 @@ def fit_ridge(
     x: Float[Tensor, "feat row d_model"],
     y: Float[Tensor, "tgt row out"],
     alphas: Float[Tensor, " reg"],
+    scaling: Scaling | None = None,
 ) -> LinearMap:
     """Ridge for every target and every ``alpha`` from one eigendecomposition per feature set.
 
     Problems come out target-major: problem ``t * len(alphas) + r``. The Gram matrix is formed and
-    decomposed in float64 so tiny ``alpha`` stays exact.
+    decomposed in float64 so tiny ``alpha`` stays exact. With ``scaling``, each feature set is
+    standardised as it is solved and the maps are in standardised units.
     """
     n_feat = x.shape[0]
-    mean_x = x.mean(1, keepdim=True)
     mean_y = y.mean(1, keepdim=True).to(torch.float64)
     weights, biases = [], []
     for f in range(n_feat):
-        xc = (x[f] - mean_x[f]).to(torch.float64)
+        xf = x[f] if scaling is None else scaling.apply(x[f], f)
+        mean_x = xf.mean(0)
+        xc = (xf - mean_x).to(torch.float64)
         evals, evecs = torch.linalg.eigh(xc.T @ xc)  # X^T X = V diag(e) V^T
         proj = einops.einsum(evecs, xc, y.to(torch.float64) - mean_y, "d e, n d, t n o -> t e o")
         shrink = 1.0 / (evals[None, :] + alphas.to(torch.float64)[:, None])  # [reg e]
         coef = einops.einsum(evecs, shrink, proj, "d e, r e, t e o -> t r d o")
         weights.append(coef)
         biases.append(
-            mean_y[:, None, 0] - einops.einsum(mean_x[f, 0].double(), coef, "d, t r d o -> t r o")
+            mean_y[:, None, 0] - einops.einsum(mean_x.double(), coef, "d, t r d o -> t r o")
         )
     weight = einops.rearrange(torch.stack(weights), "f t r d o -> f (t r) d o").to(x.dtype)
     bias = einops.rearrange(torch.stack(biases), "f t r o -> f (t r) o").to(x.dtype)
@@ -78,10 +83,12 @@ def fit_diff_means(
     labels: Int[Tensor, "prob row"],
     weights: Float[Tensor, "prob row"],
     class_mask: Bool[Tensor, "prob cls"],
+    scaling: Scaling | None = None,
 ) -> LinearMap:
     """One direction per class, mean(class) - mean(rest), cut at the midpoint (Arditi et al.).
 
-    With ``weights`` from class balancing, "rest" is the average of the other class means.
+    With ``weights`` from class balancing, "rest" is the average of the other class means. With
+    ``scaling``, the means are taken in standardised units (and so are the maps).
     """
     n_prob, n_cls = class_mask.shape
     onehot = torch.nn.functional.one_hot(labels, n_cls).to(x.dtype) * weights.to(x.dtype)[..., None]
@@ -90,6 +97,9 @@ def fit_diff_means(
     total, count_all = inside.sum(2, keepdim=True), count_in.sum(2, keepdim=True)
     mean_in = inside / count_in.clamp_min(1e-12)
     mean_out = (total - inside) / (count_all - count_in).clamp_min(1e-12)
+    if scaling is not None:  # the class means of the standardised rows
+        shift, scale = scaling.mean[:, None, None], scaling.scale[:, None, None]
+        mean_in, mean_out = (mean_in - shift) / scale, (mean_out - shift) / scale
     direction = (mean_in - mean_out).masked_fill(~class_mask[None, :, :, None], 0.0)
     midpoint = 0.5 * (mean_in + mean_out)
     bias = -(direction * midpoint).sum(-1)

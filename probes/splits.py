@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lab.errors import LabError
 
-__all__ = ["Split", "split_by_sequence", "standardize"]
+__all__ = ["Scaling", "Split", "split_by_sequence", "standardize"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,38 @@ def split_by_sequence(
     return Split(*rows)
 
 
+@dataclass(frozen=True)
+class Scaling:
+    """Per-feature statistics of a feature stack, and standardised copies of parts of it."""
+
+    mean: Float[Tensor, "feat d_model"]  # per feature set and feature, over its rows
+    scale: Float[Tensor, "feat d_model"]  # the (biased) std; 1 where a feature is constant
+
+    @classmethod
+    def of(cls, x: Float[Tensor, "feat row d_model"]) -> Scaling:
+        """The statistics of ``x``'s rows, one feature set at a time: no copy of the stack."""
+        mean = x.mean(1)
+        scale = torch.empty_like(mean)
+        centred = None
+        for f in range(x.shape[0]):  # one set's centred rows in one reused buffer
+            centred = torch.sub(x[f], mean[f], out=centred)
+            # The norm of the centred rows: the (biased) std, a few times faster than Tensor.std.
+            scale[f] = torch.linalg.vector_norm(centred, dim=0) / x.shape[1] ** 0.5
+        tiny = 1e-12 * scale.amax(-1, keepdim=True).clamp_min(1e-30)
+        return cls(mean, torch.where(scale > tiny, scale, 1.0))
+
+    def apply(
+        self,
+        x: Float[Tensor, "feat row d_model"],
+        sets: slice = slice(None),
+        out: Tensor | None = None,
+    ) -> Float[Tensor, "feat row d_model"]:
+        """``x`` (feature sets ``sets`` of the stack) standardised, written into ``out`` if given
+        (a buffer reused from set to set costs no new memory)."""
+        out = torch.sub(x, self.mean[sets, None], out=out)
+        return out.div_(self.scale[sets, None])
+
+
 def standardize(
     x: Float[Tensor, "feat row d_model"],
 ) -> tuple[
@@ -68,10 +100,5 @@ def standardize(
 
     Returns the standardised copy, the means and the scales (1 where a feature is constant).
     """
-    mean = x.mean(1)
-    z = x - mean[:, None]  # the one copy
-    # The norm of the centred rows: the (biased) std, a few times faster than Tensor.std here.
-    scale = torch.linalg.vector_norm(z, dim=1) / x.shape[1] ** 0.5
-    scale = torch.where(scale > 1e-12 * scale.amax(-1, keepdim=True).clamp_min(1e-30), scale, 1.0)
-    z /= scale[:, None]
-    return z, mean, scale
+    scaling = Scaling.of(x)
+    return scaling.apply(x), scaling.mean, scaling.scale
