@@ -68,14 +68,16 @@ class _Data:
         picked = logp * self.target
         return picked if self.absent is None else picked.nan_to_num_(0.0)  # absent: -inf * 0
 
-    def fit(self, z: Tensor) -> Tensor:
-        """The data term ``-C * sum_i w_i log p_i(y_i)`` ``[*feat prob]`` (no data pass)."""
-        return -_row_sum(self._picked(self._logp(z)))
-
-    def fit_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """The data term and its gradient ``[*feat prob d1 cls]`` (one data pass)."""
+    def fit(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The data term ``-C * sum_i w_i log p_i(y_i)`` ``[*feat prob]`` (no data pass), and the
+        log-probabilities it came from (for ``fit_grad`` at the same logits)."""
         logp = self._logp(z)
-        value = -_row_sum(self._picked(logp))
+        return -_row_sum(self._picked(logp)), logp
+
+    def fit_grad(self, z: Tensor, known: tuple[Tensor, Tensor] | None = None):
+        """The data term and its gradient ``[*feat prob d1 cls]`` (one data pass); ``known``:
+        ``fit(z)``, already computed."""
+        value, logp = self.fit(z) if known is None else known
         resid = logp.exp() * self.cw - self.target  # [*feat cls prob row]
         if self.basis is not None:
             resid = _classes(self.basis.T, resid)  # [*feat free prob row]
@@ -210,8 +212,8 @@ def _solve(
     def per_row(v: Tensor) -> Tensor:  # [batch] -> broadcastable over [feat cls prob row]
         return v.view(shape[0], 1, shape[1], 1)
 
-    def evaluate(z: Tensor, th: Tensor) -> tuple[Tensor, Tensor]:
-        fit, grad = data.fit_grad(z)
+    def evaluate(z: Tensor, th: Tensor, known=None) -> tuple[Tensor, Tensor]:
+        fit, grad = data.fit_grad(z, known)
         value = fit.flatten() + 0.5 * th[:, :n_w].pow(2).sum(1, dtype=torch.float64)
         grad = grad.reshape(batch, -1)
         grad[:, :n_w] += th[:, :n_w]
@@ -242,8 +244,9 @@ def _solve(
         t = torch.ones(batch, dtype=torch.float64, device=th.device)
         pending = ~done
         for _halving in range(40):  # Armijo backtracking, no data pass
-            trial = data.fit(z + per_row(t.to(z.dtype)) * zd).flatten()
-            trial = trial + 0.5 * (ww + t * (2 * wd + t * dd))
+            z_trial = z + per_row(t.to(z.dtype)) * zd
+            known = data.fit(z_trial)
+            trial = known[0].flatten() + 0.5 * (ww + t * (2 * wd + t * dd))
             pending = pending & ~(trial <= f + 1e-4 * t * slope)
             if not bool(pending.any()):
                 break
@@ -252,8 +255,11 @@ def _solve(
         t = torch.where(move, t, 0.0).to(th.dtype)
         s = t[:, None] * direction
         th = th + s
-        z = z + per_row(t) * zd
-        f_new, g_new = evaluate(z, th)  # the backward pass
+        if bool(pending.any()):  # some line search failed: those problems stay where they were
+            z, known = z + per_row(t) * zd, None
+        else:  # every problem is at its last trial (a done one's direction is zero)
+            z = z_trial
+        f_new, g_new = evaluate(z, th, known)  # the backward pass
         y = (g_new - g) * move[:, None]
         tiny = (f - f_new) <= ftol * torch.maximum(f.abs(), f_new.abs())  # relative: f may be << 1
         # No progress: a decrease below the objective's precision and no smaller gradient (flat
@@ -315,7 +321,7 @@ def fit_logistic(
         if previous is not None:  # the previous feature set's answer, where it starts lower
             z_prev = data.logits(previous)
             penalty = previous[..., :-1, :].pow(2).sum((-1, -2), dtype=torch.float64)
-            lower = (data.fit(z_prev) + 0.5 * penalty < f_zero)[..., None, None]
+            lower = (data.fit(z_prev)[0] + 0.5 * penalty < f_zero)[..., None, None]
             theta = torch.where(lower, previous, zero)
             z = torch.where(einops.rearrange(lower, "f p 1 1 -> f 1 p 1"), z_prev, z)
         n_iter = torch.zeros(zero.shape[:2], dtype=torch.long, device=x.device)
