@@ -88,18 +88,21 @@ def fit_diff_means(
     """One direction per class, mean(class) - mean(rest), cut at the midpoint (Arditi et al.).
 
     With ``weights`` from class balancing, "rest" is the average of the other class means. With
-    ``scaling``, the means are taken in standardised units (and so are the maps).
+    ``scaling``, each feature set is standardised before its class sums (means of raw rows moved
+    afterwards would cancel large offsets in float32), and the maps are in standardised units.
     """
     n_prob, n_cls = class_mask.shape
     onehot = torch.nn.functional.one_hot(labels, n_cls).to(x.dtype) * weights.to(x.dtype)[..., None]
-    inside = einops.einsum(onehot, x, "p n k, f n d -> f p k d")  # weighted class sums
+
+    def class_sums(f: int) -> Tensor:  # weighted class sums of one feature set: prob cls d
+        rows = x[f] if scaling is None else scaling.apply(x[f], f)
+        return einops.einsum(onehot, rows, "p n k, n d -> p k d")
+
+    inside = torch.stack([class_sums(f) for f in range(x.shape[0])])  # feat prob cls d
     count_in = onehot.sum(1)[None, :, :, None]  # [1 prob cls 1]
     total, count_all = inside.sum(2, keepdim=True), count_in.sum(2, keepdim=True)
     mean_in = inside / count_in.clamp_min(1e-12)
     mean_out = (total - inside) / (count_all - count_in).clamp_min(1e-12)
-    if scaling is not None:  # the class means of the standardised rows
-        shift, scale = scaling.mean[:, None, None], scaling.scale[:, None, None]
-        mean_in, mean_out = (mean_in - shift) / scale, (mean_out - shift) / scale
     direction = (mean_in - mean_out).masked_fill(~class_mask[None, :, :, None], 0.0)
     midpoint = 0.5 * (mean_in + mean_out)
     bias = -(direction * midpoint).sum(-1)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from probes.linear import Probe
+from probes.linear import Probe, fit_linear, get_kind
 from probes.logistic import _sum_zero_basis, fit_logistic, logistic_objective
 from probes.solvers import SolverConfig, fit_diff_means, fit_ridge
 from probes.splits import Scaling, standardize
@@ -246,3 +246,20 @@ def test_solving_with_scaling_equals_solving_the_standardised_copy():
     for scaled, copied in pairs:
         torch.testing.assert_close(scaled.weight, copied.weight, atol=1e-8, rtol=1e-6)
         torch.testing.assert_close(scaled.bias, copied.bias, atol=1e-8, rtol=1e-6)
+
+
+def test_diff_means_keeps_float32_precision_under_large_offsets():
+    """Class means are taken of standardised rows: a constant column far from zero gets no weight,
+    and a small signal on a large offset matches float64."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (4000,), generator=gen)
+    signal = torch.randn(1, 4000, 16, generator=gen, dtype=torch.float64)
+    signal[0, torch.arange(4000), y] += 0.5
+    x = 1000.0 + 0.1 * signal
+    x[..., 15] = 1000.1  # a constant feature
+    kind = get_kind("diff_means")
+    got = fit_linear(kind, x.float(), y[None], [0.0], n_cls=3)
+    ref = fit_linear(kind, x, y[None], [0.0], n_cls=3)
+    assert got.weight[0, 0, 15].abs().max() == 0
+    error = (got.weight.double() - ref.weight).abs().max() / ref.weight.abs().max()
+    assert error < 1e-4  # means of raw rows moved afterwards: ~4e-2
