@@ -281,6 +281,14 @@ def _solve(
     return view(th), met, stalled.view(shape[:2]) & ~met
 
 
+def _groups(n_feat: int, device: torch.device) -> list[slice]:
+    """The feature sets solved together: one at a time on a CPU (warm starts, rows in cache), all
+    in each pass elsewhere."""
+    if device.type == "cpu":
+        return [slice(f, f + 1) for f in range(n_feat)]
+    return [slice(0, n_feat)]
+
+
 def fit_logistic(
     x: Float[Tensor, "feat row d_model"],
     labels: Int[Tensor, "prob row"],
@@ -303,8 +311,7 @@ def fit_logistic(
     basis = _sum_zero_basis(n_cls, x) if bool(class_mask.all()) and n_cls > 1 else None
     n_free = n_cls if basis is None else n_cls - 1
     args = (labels, weights, c, class_mask, basis)
-    cpu = x.device.type == "cpu"
-    groups = [slice(f, f + 1) for f in range(n_feat)] if cpu else [slice(0, n_feat)]
+    groups = _groups(n_feat, x.device)
     thetas, iters, met_all = [], [], []
     previous = None
     buffer = None  # the standardised group being solved
@@ -329,7 +336,7 @@ def fit_logistic(
         thetas.append(theta)
         iters.append(n_iter)
         met_all.append(met | stalled)
-        previous = theta if cpu and config.warm_start else None
+        previous = theta if config.warm_start else None  # used only by a next group
     theta = torch.cat(thetas)
     theta = theta if basis is None else theta @ basis.T  # back to one column per class
     return LinearMap(theta[:, :, :-1], theta[:, :, -1], torch.cat(iters), torch.cat(met_all))

@@ -5,6 +5,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 
+import probes.logistic
 from probes.linear import Probe, fit_linear, get_kind
 from probes.logistic import _sum_zero_basis, fit_logistic, logistic_objective
 from probes.solvers import SolverConfig, fit_diff_means, fit_ridge
@@ -263,3 +264,20 @@ def test_diff_means_keeps_float32_precision_under_large_offsets():
     assert got.weight[0, 0, 15].abs().max() == 0
     error = (got.weight.double() - ref.weight).abs().max() / ref.weight.abs().max()
     assert error < 1e-4  # means of raw rows moved afterwards: ~4e-2
+
+
+@pytest.mark.parametrize("n_cls", [2, 4])
+def test_all_feature_sets_in_one_pass_reach_the_same_optimum(monkeypatch, n_cls):
+    """The grouping a GPU uses (every feature set in each pass, no warm starts), run here on the
+    CPU: the same optima as one set at a time."""
+    x, y = _layers(n=300, d=10, k=n_cls, n_layers=3)
+    x = x.double()
+    cs = torch.tensor([0.05, 2.0], dtype=torch.float64)
+    args = (y[None].expand(2, -1), torch.ones(2, 300), cs, torch.ones(2, n_cls, dtype=torch.bool))
+    scaling = Scaling.of(x * 3.0 + 1.0)
+    one_by_one = fit_logistic(x * 3.0 + 1.0, *args, TIGHT, scaling=scaling)
+    monkeypatch.setattr(probes.logistic, "_groups", lambda n, device: [slice(0, n)])
+    together = fit_logistic(x * 3.0 + 1.0, *args, TIGHT, scaling=scaling)
+    torch.testing.assert_close(together.weight, one_by_one.weight, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(together.bias, one_by_one.bias, atol=1e-7, rtol=1e-6)
+    assert together.converged.all()
