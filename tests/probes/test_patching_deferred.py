@@ -35,6 +35,21 @@ def deferrals(monkeypatch):
     return seen
 
 
+def assert_resid_pre_sweep_equals_transformer_lens(model, rows_per_forward):
+    """The resid_pre layer x position denoising sweep, reading two positions, against
+    ``transformer_lens.patching`` on the same prompts."""
+    clean, corrupted = prompts()
+    metric = two_reads(2)
+    _, cache = model.run_with_cache(clean)
+    expected = tlp.get_act_patch_resid_pre(
+        model, corrupted, cache, lambda x: metric(x[:, list(metric.positions)]).mean()
+    )
+    config = PatchConfig(rows_per_forward=rows_per_forward, progress=False)
+    table = denoise(model, clean, corrupted, "resid_pre", metric, config=config)
+    got = torch.tensor(table.sort_values(["layer", "position"])["value"].to_numpy())
+    assert torch.allclose(got, expected.flatten().double(), atol=ATOL, rtol=0)
+
+
 def two_reads(batch):
     """Reads an early and the last position: cones at later positions reach only one of them."""
     return LogProb(positions=(2, -1), targets=torch.arange(batch) + 3)
@@ -67,17 +82,8 @@ def test_cross_model_resid_pre_equals_a_full_forward_per_site(
 def test_sweep_over_several_forwards_equals_transformer_lens(loaded_pair, deferrals):
     """Forwards after the first take the last block's keys that the first one made."""
     model = loaded_pair("gpt2").tuned
-    clean, corrupted = prompts()
-    metric = two_reads(2)
-    _, cache = model.run_with_cache(clean)
-    expected = tlp.get_act_patch_resid_pre(
-        model, corrupted, cache, lambda x: metric(x[:, list(metric.positions)]).mean()
-    )
-    cfg = PatchConfig(rows_per_forward=8, progress=False)
-    table = denoise(model, clean, corrupted, "resid_pre", metric, config=cfg)
+    assert_resid_pre_sweep_equals_transformer_lens(model, rows_per_forward=8)
     assert deferrals == [True]
-    got = torch.tensor(table.sort_values(["layer", "position"])["value"].to_numpy())
-    assert torch.allclose(got, expected.flatten().double(), atol=ATOL, rtol=0)
 
 
 def test_nothing_to_patch_still_reports_both_runs(loaded_pair, deferrals):
@@ -96,16 +102,8 @@ def test_nothing_to_patch_still_reports_both_runs(loaded_pair, deferrals):
 def test_one_layer_model_equals_transformer_lens(tmp_path, deferrals):
     """One block: it is the last, and the capture runs nothing but the embeddings."""
     pair = load_pair(*make_pair(tmp_path, TEST_SPECS["gpt2"], n_layers=1), device="cpu")
-    clean, corrupted = prompts()
-    metric = two_reads(2)
-    _, cache = pair.base.run_with_cache(clean)
-    expected = tlp.get_act_patch_resid_pre(
-        pair.base, corrupted, cache, lambda x: metric(x[:, list(metric.positions)]).mean()
-    )
-    table = denoise(pair.base, clean, corrupted, "resid_pre", metric, config=QUIET)
+    assert_resid_pre_sweep_equals_transformer_lens(pair.base, rows_per_forward=64)
     assert deferrals == [True]
-    got = torch.tensor(table.sort_values(["layer", "position"])["value"].to_numpy())
-    assert torch.allclose(got, expected.flatten().double(), atol=ATOL, rtol=0)
 
 
 def test_sites_inside_the_last_block_are_not_deferred(loaded_pair, deferrals):
