@@ -19,7 +19,14 @@ not from approximating the answer:
   while their rows sit in cache, and each starts from the previous set's answer (the next layer of
   a model, usually) when that is better than zero.
 
-Every problem stops on its own: ``||grad|| <= tol * ||grad at W = 0||``.
+Every problem stops on its own once two tests hold: ``||grad|| <= tol * ||grad at W = 0||``
+(the gradient has shrunk relative to its start) and ``||grad||^2 / 2 <= gap_tol * f`` (the
+objective is within ``gap_tol`` of the optimum, relatively: the penalty makes the objective at
+least 1-strongly convex in the weights, so ``f - f* <= ||grad||^2 / 2`` with the intercepts at
+their optimum). The first alone stops far too early on separable data at large C, where the
+gradient at zero is huge and the optimum's objective small. ``converged`` is True only where both
+tests were met; a problem that ran out of iterations or stalled at working precision short of
+them is reported as not converged.
 """
 
 from __future__ import annotations
@@ -197,8 +204,8 @@ def _solve(
 
     Parameters are kept flat, ``[batch param]`` with batch = feat x prob; the line search moves
     the logits along the one product ``X D`` per iteration, so it needs no data pass. Returns the
-    parameters, which problems met the tolerance and which stalled (no decrease left at working
-    precision).
+    parameters and which problems met both stopping tests (not those that ran out of iterations
+    or stalled, with no decrease left at working precision, short of them).
     """
     shape = theta.shape  # [feat prob d1 cls]
     n_w = (shape[-2] - 1) * shape[-1]  # penalised entries lead each flat parameter vector
@@ -226,8 +233,13 @@ def _solve(
     g_best = g.norm(dim=1)  # smallest gradient norm so far
     stalled = torch.zeros(batch, dtype=torch.bool, device=th.device)
     ftol = torch.finfo(th.dtype).eps
+    def met(f: Tensor, g: Tensor) -> Tensor:  # [batch]: both stopping tests hold
+        g_norm = g.norm(dim=1)
+        small = g_norm <= config.tol * g0_norm
+        return small & (0.5 * g_norm.double().pow(2) <= config.gap_tol * f.abs())
+
     for _ in range(config.max_iter):
-        done = stalled | (g.norm(dim=1) <= config.tol * g0_norm)
+        done = stalled | met(f, g)
         if bool(done.all()):
             break
         direction = memory.direction(g, gamma)
@@ -277,8 +289,7 @@ def _solve(
         gamma = torch.where(keep, sy / yy.clamp_min(torch.finfo(yy.dtype).tiny), gamma)
         memory.push(s, y)
         n_iter += move.view(n_iter.shape).long()
-    met = (g.norm(dim=1) <= config.tol * g0_norm).view(shape[:2])
-    return view(th), met, stalled.view(shape[:2]) & ~met
+    return view(th), met(f, g).view(shape[:2])
 
 
 def _groups(n_feat: int, device: torch.device) -> list[slice]:
@@ -332,10 +343,10 @@ def fit_logistic(
             theta = torch.where(lower, previous, zero)
             z = torch.where(einops.rearrange(lower, "f p 1 1 -> f 1 p 1"), z_prev, z)
         n_iter = torch.zeros(zero.shape[:2], dtype=torch.long, device=x.device)
-        theta, met, stalled = _solve(data, theta, z, g0_norm, config, n_iter)
+        theta, met = _solve(data, theta, z, g0_norm, config, n_iter)
         thetas.append(theta)
         iters.append(n_iter)
-        met_all.append(met | stalled)
+        met_all.append(met)
         previous = theta if config.warm_start else None  # used only by a next group
     theta = torch.cat(thetas)
     theta = theta if basis is None else theta @ basis.T  # back to one column per class

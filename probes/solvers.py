@@ -26,7 +26,8 @@ __all__ = ["LinearMap", "SolverConfig", "fit_diff_means", "fit_ridge"]
 class SolverConfig:
     """How far and how long the batched L-BFGS runs."""
 
-    tol: float = 1e-4  # stop once ||grad|| <= tol * ||grad at W = 0|| (objective ~1e-3 off)
+    tol: float = 1e-4  # stop only once ||grad|| <= tol * ||grad at W = 0|| ...
+    gap_tol: float = 1e-4  # ... and ||grad||^2 / 2 <= gap_tol * f: f at most ~gap_tol above f*
     max_iter: int = 1000  # safety cap only; problems stop on tol
     history: int = 20  # L-BFGS memory (pairs of steps and gradient changes kept)
     warm_start: bool = True  # CPU: start each feature set from the previous one's answer
@@ -41,7 +42,7 @@ class LinearMap:
     n_iter: Int[Tensor, "feat prob"]  # solver iterations (0 for closed-form solvers)
     converged: Bool[
         Tensor, "feat prob"
-    ]  # met the tolerance, or stopped improving at working precision
+    ]  # met every stopping test (False: out of iterations, or stalled short of them)
 
 
 def fit_ridge(
