@@ -9,6 +9,10 @@ folds the standardisation back, so every fitted map applies to raw activations.
 - ``logistic``: multinomial logistic regression, sklearn's objective; ``reg`` is sklearn's ``C``
   (two classes: sklearn's binary model, fitted as the equivalent multinomial at ``C / 2``).
 - ``ridge``: least squares with an L2 penalty for scalar or vector targets; ``reg`` is ``alpha``.
+
+Either penalty applies to the weights on standardised features (each feature centred and scaled
+to unit variance over the training rows), as sklearn's would after a ``StandardScaler``; on raw
+features the same ``reg`` is a different penalty.
 - ``diff_means``: one mean-difference direction per class (Arditi et al.); no regularisation.
 """
 
@@ -185,6 +189,11 @@ class Probe:
 
     ``x`` is ``[row d_model]`` or ``[feat row d_model]`` (e.g. every layer at once); predictions and
     scores then carry the same leading ``feat`` dimension. Works like sklearn: ``fit`` returns self.
+
+    ``reg`` is sklearn's ``C`` (logistic) or ``alpha`` (ridge) with the penalty on the weights of
+    standardised features: ``Probe(reg=C)`` on raw ``x`` equals sklearn's model at ``C`` on
+    ``StandardScaler().fit_transform(x)``, not sklearn's model on raw ``x``. ``directions`` and
+    ``intercept`` have the standardisation folded back in, so they apply to raw activations.
     """
 
     def __init__(
@@ -196,7 +205,7 @@ class Probe:
         solver: SolverConfig = SolverConfig(),
     ) -> None:
         self.kind = get_kind(kind)
-        self.reg = reg  # sklearn's C (logistic) or alpha (ridge); 1.0 as sklearn's defaults
+        self.reg = reg  # C (logistic) or alpha (ridge) on standardised features; 1.0 by default
         self.balanced = balanced
         self.solver = solver
         self.map: LinearMap | None = None
@@ -239,7 +248,10 @@ class Probe:
         return out[..., 0] if self._scalar_target else out
 
     def score(self, x: Float[Tensor, "*feat row d_model"], y: Tensor) -> Tensor:
-        """Accuracy (classification) or R² (uniform over outputs) per feature set."""
+        """Accuracy (classification) or R² per feature set. With several outputs the R² is
+        variance-weighted (residuals and variances pooled over outputs: sklearn's
+        ``r2_score(..., multioutput="variance_weighted")``, not its default ``uniform_average``),
+        so a nearly constant output cannot dominate the score; one output: plain R²."""
         x3 = as_stack(x)
         check_target(self.kind, y, x3.shape[1], "y")
         if self.kind.classification:

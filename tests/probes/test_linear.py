@@ -103,3 +103,28 @@ def test_balanced_ridge_and_unfitted_probe_are_refused():
         Probe("ridge", balanced=True).fit(x, x[:, 0])
     with pytest.raises(LabError, match="not fitted"):
         Probe("logistic").predict(x)
+
+
+def test_docstrings_say_what_reg_and_score_compute():
+    """Issue 14, finding 2: ``reg`` is the penalty on standardised weights, and ``score`` is the
+    variance-weighted R² (not sklearn's default uniform average); the numbers back the words."""
+    assert "standardised features" in Probe.__doc__
+    assert "variance-weighted" in Probe.score.__doc__
+    assert "uniform over outputs" not in Probe.score.__doc__
+    x, _ = _data()
+    y = torch.stack([x[:, 0] * 5 + x[:, 1], 0.1 * x[:, 2] + torch.linspace(-1, 1, 240)], -1)
+    probe = Probe("ridge", reg=1.0).fit(x, y)
+    xs = ((x - x.mean(0)) / x.std(0, correction=0)).numpy()
+    pred = Ridge(alpha=1.0).fit(xs, y.numpy()).predict(xs)
+    weighted = r2_score(y.numpy(), pred, multioutput="variance_weighted")
+    uniform = r2_score(y.numpy(), pred)
+    assert abs(weighted - uniform) > 0.01  # the two conventions differ here
+    assert probe.score(x, y).item() == pytest.approx(weighted)
+    # The same reg on raw features is a different penalty: sklearn at C on raw x differs.
+    logistic = Probe("logistic", reg=0.05, solver=SolverConfig(tol=1e-10)).fit(x, y[:, 0] > 0)
+    raw = LogisticRegression(C=0.05, tol=1e-12, max_iter=10000).fit(x.numpy(), y[:, 0] > 0)
+    scaled = LogisticRegression(C=0.05, tol=1e-12, max_iter=10000).fit(xs, y[:, 0] > 0)
+    direction = (logistic.directions[1] - logistic.directions[0]).numpy()
+    scale = x.std(0, correction=0).numpy()
+    np.testing.assert_allclose(direction, scaled.coef_[0] / scale, atol=1e-6)
+    assert np.abs(direction - raw.coef_[0]).max() > 1e-2
