@@ -1,7 +1,9 @@
 """Open a page in headless Chromium: console errors, which elements rendered, a screenshot.
 
-Used by the report's tests and by ``lab report --check``. Needs Debian's ``chromium`` package
-(``apt-get install chromium``); the flags are the ones that work on a machine with no network.
+Used by the report's tests and by ``lab report --check``, which fails (``PageCheck.require_ok``)
+when the page logged an error or a circuitsvis element did not render. Needs Debian's
+``chromium`` package (``apt-get install chromium``); the flags are the ones that work on a
+machine with no network.
 """
 
 from __future__ import annotations
@@ -56,6 +58,34 @@ class PageCheck:
     rendered_ids: list[str]  # those that rendered content
     n_figures: int  # inline figures (img.figure) in the page
     screenshot: Path  # PNG of the page's first screen
+
+    @property
+    def problems(self) -> list[str]:
+        """What went wrong, one phrase each; empty when the page is sound."""
+        out = []
+        if self.errors:
+            first = " ".join(self.errors[0].split())[:160]  # one line
+            out.append(f"{len(self.errors)} errors in the browser (first: {first})")
+        missed = [i for i in self.circuitsvis_ids if i not in self.rendered_ids]
+        if missed:
+            out.append(
+                f"{len(self.circuitsvis_ids) - len(missed)} of {len(self.circuitsvis_ids)} "
+                f"circuitsvis elements rendered (not {', '.join(missed[:5])})"
+            )
+        return out
+
+    @property
+    def ok(self) -> bool:
+        """No errors, and every circuitsvis element rendered."""
+        return not self.problems
+
+    def require_ok(self, page: str | Path) -> None:
+        """Raise a one-line ``LabError`` naming what failed on ``page``, unless ``ok``."""
+        if self.problems:
+            raise LabError(
+                f"The page {page} failed its browser check: {'; '.join(self.problems)}. "
+                f"Look at the screenshot {self.screenshot} to see what the reader would."
+            )
 
 
 def find_chromium() -> str | None:
