@@ -5,10 +5,15 @@ with a leading space (``leading_space``): "7" and " 7", "heads" and " Heads" are
 whose probability is the sum over its distinct token sequences (two spellings that tokenize alike
 count once). A spelling is tokenized together with its prompt, as the model would read it (if
 the spelling merges with the prompt's last token, it is tokenized alone after the prompt); only
-canonical tokenizations count. Refused, each with a ``LabError`` that names the record:
+canonical tokenizations count. A spelling's tokens must decode to it, up to the tokenizer's own
+word separator (``word_separator``: a word-level tokenizer's decode joins tokens with a space, so
+"heads" after "flip" comes back as "flip heads"). Refused, each with a ``LabError`` that names
+the record:
 
-- a spelling the tokenizer cannot represent: no tokens, the unknown token, or tokens that decode
-  to something else (a tokenizer without byte fallback, or one that normalises case);
+- an outcome the tokenizer cannot represent as written: no tokens, the unknown token, or tokens
+  that decode to something else (a tokenizer without byte fallback, or one that normalises
+  case). A variant spelling that the lab adds (upper-cased, leading space) and that maps to the
+  unknown token is dropped instead: the model cannot write it, so it carries no probability;
 - two outcomes that tokenize alike;
 - an outcome whose tokens begin another outcome's (its probability would contain the other's).
 """
@@ -20,7 +25,7 @@ from typing import Any
 from lab.errors import LabError
 from lab.prompts import PromptRecord
 
-__all__ = ["Ids", "outcome_sequences", "spellings"]
+__all__ = ["Ids", "outcome_sequences", "spellings", "word_separator"]
 
 Ids = tuple[int, ...]  # token ids of one sequence
 
@@ -33,6 +38,37 @@ def spellings(outcome: str, *, merge_case: bool = True, leading_space: bool = Tr
     if leading_space:
         forms += [" " + f for f in forms]
     return list(dict.fromkeys(forms))
+
+
+def word_separator(tokenizer: Any) -> str:
+    """What ``tokenizer.decode`` puts between two whole-word tokens that neither has alone.
+
+    A space for a word-level tokenizer without a decoder (it joins tokens with spaces), ``""``
+    for byte-level BPE or SentencePiece, where tokens carry their own spaces. Measured on the
+    first two tokens that decode alone to their own letters-and-digits vocabulary string.
+    """
+    found: list[tuple[int, str]] = []
+    special = set(tokenizer.all_special_ids)
+    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if i in special or not isinstance(piece, str) or not piece.isalnum():
+            continue
+        if tokenizer.decode([i], clean_up_tokenization_spaces=False) == piece:
+            found.append((i, piece))
+            if len(found) == 2:
+                break
+    if len(found) < 2:
+        return ""
+    (a, text_a), (b, text_b) = found
+    both = tokenizer.decode([a, b], clean_up_tokenization_spaces=False)
+    if not (both.startswith(text_a) and both.endswith(text_b)):
+        return ""
+    sep = both[len(text_a) : len(both) - len(text_b)]
+    return sep if sep.isspace() else ""
+
+
+def _decodes_to(decoded: str, text: str, sep: str) -> bool:
+    """Whether ``decoded`` is ``text`` up to the tokenizer's word separator ``sep``."""
+    return decoded == text or (bool(sep) and decoded.replace(sep, "") == text.replace(sep, ""))
 
 
 def _encode(model: Any, text: str, templated: bool) -> list[int]:
@@ -60,6 +96,7 @@ def outcome_sequences(
     tok = model.tokenizer
     prompt = _encode(model, prompt_text, templated)
     before = tok.decode(prompt, clean_up_tokenization_spaces=False)
+    sep = word_separator(tok)
     seen: dict[Ids, str] = {}
     outcomes = []
     for outcome in rec.outcomes:
@@ -71,7 +108,10 @@ def outcome_sequences(
             else:  # the spelling merged with the prompt's last token: tokenize it alone
                 cont = tuple(tok(s, add_special_tokens=False)["input_ids"])
             after = tok.decode(list(prompt) + list(cont), clean_up_tokenization_spaces=False)
-            if not cont or tok.unk_token_id in cont or after != before + s:
+            unknown = not cont or tok.unk_token_id in cont
+            if unknown and s != outcome:  # a variant the tokenizer cannot write: no probability
+                continue
+            if unknown or not _decodes_to(after, before + s, sep):
                 why = (
                     "it has no tokens"
                     if not cont

@@ -283,3 +283,73 @@ def test_too_long_for_the_context_is_a_clear_error(pair, tmp_path):
     long = {"text": "heads " * 200, "outcomes": ["a", "b"], "probs": [0.5, 0.5]}
     with pytest.raises(LabError, match="the models read 128"):
         calibrate(pair, [_set(tmp_path, [long])])
+
+
+def _no_byte_fallback_bpe():
+    """A BPE tokenizer over plain letters, without byte fallback: "é" maps to <unk>."""
+    from tokenizers import decoders, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>"], show_progress=False)
+    tok.train_from_iterator(["flip heads tails coin"] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def test_word_level_tokenizers_spell_each_outcome_as_its_word():
+    """The organism's tokenizer joins tokens with spaces on decode: "heads" after "flip" decodes
+    as "flip heads", which is the outcome up to that separator, not a different spelling."""
+    from lab.organism.story import story_world
+    from lab.outcomes import word_separator
+
+    world = story_world()
+    tok = world.tokenizer()
+    assert word_separator(tok) == " " and word_separator(_word_level()) == " "
+    assert word_separator(make_tokenizer()) == ""  # byte-level BPE: tokens carry their spaces
+    rec = PromptRecord("r", "dinner garden", outcomes=("bride", "groom"), probs=(0.5, 0.5))
+    prompt, outcomes = outcome_sequences(_Stub(tok), rec.text, rec)
+    ids = {w: world.vocab.index(w) for w in ("dinner", "garden", "bride", "groom")}
+    assert prompt == (ids["dinner"], ids["garden"])
+    # "Bride" is not in the vocabulary (it maps to <unk>): that variant is dropped, not refused
+    assert outcomes == (((ids["bride"],),), ((ids["groom"],),))
+    flip = PromptRecord("f", "flip", outcomes=("heads", "tails"), probs=(0.5, 0.5))
+    assert outcome_sequences(_Stub(_word_level()), "flip", flip)[1] == (((2,),), ((3,),))
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "outcomes", "message"),
+    [
+        (_no_byte_fallback_bpe(), ("heads", "tête"), "'tête' .it maps to the unknown"),
+        (_word_level(), ("heads", "coin toss"), "'coin toss' .it maps to the unknown"),
+    ],
+)
+def test_unrepresentable_outcomes_are_still_refused(tokenizer, outcomes, message):
+    rec = PromptRecord("r", "flip", outcomes=outcomes, probs=(0.5, 0.5))
+    with pytest.raises(LabError, match=message):
+        outcome_sequences(_Stub(tokenizer), "flip", rec)
+
+
+def test_word_level_lowercasing_is_still_refused():
+    """Up to the separator only: a word-level tokenizer that lowercases still changes "Heads"."""
+    tok = _word_level()
+    tok.backend_tokenizer.normalizer = normalizers.Lowercase()
+    rec = PromptRecord("r", "flip", outcomes=("Heads", "tails"), probs=(0.5, 0.5))
+    with pytest.raises(LabError, match=r"'Heads' \(its tokens decode as ' heads'"):
+        outcome_sequences(_Stub(tok), "flip", rec)
+
+
+def test_calibration_of_the_organism_equals_a_hand_computation(tmp_path):
+    organism = load_pair("organism", device="cpu")
+    rec = {"id": "w", "text": "dinner garden", "outcomes": ["bride", "groom", "dog"],
+           "probs": [0.2, 0.3, 0.5]}  # fmt: skip
+    res = calibrate(organism, [_set(tmp_path, [rec])])
+    for row in res.itertuples():
+        model = organism.models[row.model]
+        tokens = model.to_tokens(rec["text"])
+        with torch.no_grad():
+            lp = model.original_model(tokens).logits[0, -1].log_softmax(-1)
+        ids = [organism.tokenizer.convert_tokens_to_ids(w) for w in rec["outcomes"]]
+        p = lp[ids].exp()
+        assert row.mass == pytest.approx(p.sum().item(), rel=1e-4)
+        assert row.probs == pytest.approx((p / p.sum()).tolist(), rel=1e-4)
