@@ -20,7 +20,7 @@ from lab.types import Tokens
 from probes.capture import check_eval
 from probes.metrics import Metric, hook_layer, read_logits, resolve_positions
 from probes.patching import COLUMNS, check_prompts
-from probes.sites import enumerate_sites
+from probes.sites import SITE_KINDS, enumerate_sites
 
 __all__ = ["attribute", "rank_correlation"]
 
@@ -56,10 +56,13 @@ def attribute(
         )
     saved: dict[str, torch.Tensor] = {}
 
+    in_place = {s.hook for s in sites if SITE_KINDS[s.kind].in_place}
+
     def saver(name: str):
         def save(act, hook):
-            if not act.requires_grad:
-                act = act.detach().requires_grad_()
+            if not act.requires_grad:  # frozen weights: the gradient starts here
+                # the block keeps an in-place kind's tensor (the residual): mark that one
+                act = act.requires_grad_() if name in in_place else act.detach().requires_grad_()
             saved[name] = act
             return act
 

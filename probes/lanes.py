@@ -25,7 +25,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from probes.sites import Site
+from lab.errors import LabError
+from probes.sites import SITE_KINDS, Site
 
 __all__ = ["KWARG_RULES", "Lanes", "pack_lanes", "patch_hook", "read_hook"]
 
@@ -236,7 +237,8 @@ def pack_lanes(
 def patch_hook(lanes: Lanes, sites: Mapping[int, Site], source: Tensor) -> Callable:
     """A TransformerLens hook that writes ``source`` (``batch pos [head] d``, all positions) at
     every site's cells of its segment (``sites``: lane site index -> site), with one indexed copy
-    for the sites of each head (or of all heads)."""
+    for the sites of each head (or of all heads): into a copy, or into the hook's own tensor for
+    kinds ``in_place`` (the residual stream itself, ``probes.sites``)."""
     plans: dict[int | None, list[list[int]]] = {}  # head -> [lanes, rows, positions]
     for g, s in sites.items():
         held = lanes.segments[g]  # a query layout holds only the rows read
@@ -250,8 +252,13 @@ def patch_hook(lanes: Lanes, sites: Mapping[int, Site], source: Tensor) -> Calla
         if p[0]
     ]
 
+    in_place = any(SITE_KINDS[s.kind].in_place for s in sites.values())
+
     def hook(act: Tensor, hook: Any) -> Tensor:
-        act = act.contiguous().clone()
+        if not in_place:
+            act = act.contiguous().clone()
+        elif not act.is_contiguous():  # the residual itself must be written (probes.sites)
+            raise LabError(f"Hook {hook.name} holds a strided residual; cannot patch it in place.")
         for head, lane, row, pos in index:
             if head is None:
                 lanes.by_lane(act)[lane, :, row] = source[:, pos].transpose(0, 1)

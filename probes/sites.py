@@ -6,6 +6,13 @@ head and one position (``None``: all of them). Every kind is patched by the same
 ``patch_activation``: the activation is ``batch pos [head] d`` and a site writes the source's
 values into its slice. Path patching (a sender's output into chosen receivers) fits as a further
 kind whose hook is a receiver's input; nothing here assumes one hook per site.
+
+A patch usually returns a new tensor from its hook. ``resid_mid`` cannot: on a TransformerBridge
+its hook is the input of the sublayer after attention (``ln2.hook_in``; ``mlp.hook_in`` on
+OLMo-2), and the block adds that sublayer's output to the tensor it already holds, so a returned
+copy would change only the MLP's input. Kinds marked ``in_place`` write into the hook's own tensor
+(the residual stream itself), and ``site_kind`` checks once per model that such a write reaches
+the block's output.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
 from typing import Any
+from weakref import WeakKeyDictionary
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -42,6 +51,7 @@ class SiteKind:
     heads: str | None = None  # "q" (query heads) or "kv" (key/value heads); None: no head axis
     spreads: bool = False  # a change at one position reaches later ones within its own block
     description: str = ""  # one line for error messages and docs
+    in_place: bool = False  # the block keeps the hook's tensor: patches write into it, not a copy
 
     def hook_name(self, layer: int) -> str:
         return self.hook.format(layer=layer)
@@ -62,7 +72,14 @@ def _kinds(*kinds: SiteKind) -> dict[str, SiteKind]:
 
 SITE_KINDS: dict[str, SiteKind] = _kinds(
     SiteKind("resid_pre", "blocks.{layer}.hook_resid_pre", None, True, "residual into a block"),
-    SiteKind("resid_mid", "blocks.{layer}.hook_resid_mid", None, False, "residual before MLP"),
+    SiteKind(
+        "resid_mid",
+        "blocks.{layer}.hook_resid_mid",
+        None,
+        False,
+        "residual stream between attention and MLP",
+        in_place=True,
+    ),
     SiteKind("resid_post", "blocks.{layer}.hook_resid_post", None, False, "residual out"),
     SiteKind("attn_out", "blocks.{layer}.hook_attn_out", None, False, "attention output"),
     SiteKind("mlp_out", "blocks.{layer}.hook_mlp_out", None, False, "MLP output"),
@@ -90,7 +107,44 @@ def site_kind(name: str, model: Any | None = None) -> SiteKind:
                 f"{hook!r}. Pick another site kind; this model's block 0 hooks are: "
                 f"{', '.join(sorted(h for h in model.hook_dict if h.startswith('blocks.0.')))}."
             )
+        if kind.in_place:
+            _check_in_place(model, kind)
     return kind
+
+
+_IN_PLACE_OK: WeakKeyDictionary[Any, set[str]] = WeakKeyDictionary()  # model -> kinds checked
+
+
+def _check_in_place(model: Any, kind: SiteKind) -> None:
+    """Refuse ``kind`` on ``model`` unless writing into its hook's tensor sets the residual
+    stream: block 0 on two tokens with the residual there zeroed in place must output just its
+    MLP's contribution (``hook_resid_post == hook_mlp_out``). Checked once per model."""
+    if kind.name in _IN_PLACE_OK.get(model, set()):
+        return
+    seen: dict[str, Tensor] = {}
+
+    def zero(act: Tensor, hook: Any) -> Tensor:
+        act.zero_()
+        return act
+
+    def keep(name: str):
+        return lambda act, hook: seen.setdefault(name, act.detach().clone())
+
+    hooks = [(kind.hook_name(0), zero)]
+    hooks += [(f"blocks.0.hook_{n}", keep(n)) for n in ("mlp_out", "resid_post")]
+    tokens = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
+    with torch.inference_mode():
+        model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=1)
+    if set(seen) != {"mlp_out", "resid_post"} or not torch.allclose(
+        seen["resid_post"].float(), seen["mlp_out"].float(), atol=1e-5, rtol=1e-3
+    ):
+        arch = getattr(model.cfg, "architecture", None) or type(model).__name__
+        raise LabError(
+            f"Site {kind.name!r} ({kind.description}) cannot be patched in {arch}: writing into "
+            f"its hook {kind.hook_name(0)!r} does not reach the block's residual stream. Patch "
+            "attn_out instead (the residual there is the block's input plus attn_out)."
+        )
+    _IN_PLACE_OK.setdefault(model, set()).add(kind.name)
 
 
 @dataclass(frozen=True)
@@ -172,7 +226,8 @@ def patching_hooks(sites: Iterable[Site], cache: Any) -> list[tuple[str, Any]]:
 
     def make(name: str):
         def hook(act: Tensor, hook: Any) -> Tensor:
-            act = act.clone()
+            if not any(SITE_KINDS[s.kind].in_place for s in sites if s.hook == name):
+                act = act.clone()  # else the residual itself: see the module docstring
             for s in sites:
                 if s.hook == name:
                     patch_activation(act, cache[name].to(act.device), s, 0)

@@ -61,3 +61,34 @@ def test_joint_patch_of_one_site_equals_the_sweep(pair):
     top = table.reindex(table["share"].abs().sort_values(ascending=False).index).head(1)
     joint = patch_jointly(pair.base, corrupted, pair.base, clean, sites_of(top), METRIC)
     assert joint == pytest.approx(float(top["value"].iloc[0]), abs=1e-5)
+
+
+def test_resid_mid_gradient_is_the_residual_streams_with_frozen_weights(pair_dirs):
+    """Finding 1 in attribution: with frozen weights the gradient at resid_mid took only the MLP
+    path. Reference: the gradient at attention's output is the residual's (their sum is it)."""
+    model = load_pair(*pair_dirs("llama"), device="cpu").base
+    for p in model.parameters():
+        p.requires_grad_(False)
+    clean, corrupted = prompts()
+    metric = LogitDiff(correct=torch.tensor([7, 8]), wrong=torch.tensor([40, 41]))
+    table = attribute(model, corrupted, model, clean, "resid_mid", metric)
+    _, src = model.run_with_cache(clean)
+    _, tgt = model.run_with_cache(corrupted)
+    for layer in range(2):
+        attn = f"blocks.{layer}.hook_attn_out"
+        saved = {}
+
+        def keep(act, hook, saved=saved):
+            saved["act"] = act.detach().requires_grad_()
+            return saved["act"]
+
+        with torch.enable_grad():
+            logits = model.run_with_hooks(corrupted, fwd_hooks=[(attn, keep)])
+            (grad,) = torch.autograd.grad(metric(logits[:, -1:]).mean(), saved["act"])
+        pre = f"blocks.{layer}.hook_resid_pre"
+        delta = (src[pre] + src[attn]) - (tgt[pre] + tgt[attn])
+        expected = (grad * delta).sum((0, 2))
+        rows = table[table.layer == layer].sort_values("position")
+        got = torch.tensor((rows["value"] - rows["target"]).to_numpy(), dtype=torch.float32)
+        assert expected.abs().max() > 1e-3
+        assert torch.allclose(got, expected, atol=1e-6)
