@@ -1,7 +1,8 @@
 """A base/tuned checkpoint pair as two comparable hooked TransformerLens models.
 
 ``load_pair`` checks that the two checkpoints are comparable (architecture family, sizes,
-tokenizer) from their configs and tokenizers before any weights load, then boots both as
+tokenizer) from their configs and tokenizers before any weights load (each side's tokenizer must
+exist and keep plain text; all loading follows ``lab.checkpoints``' policy), then boots both as
 ``TransformerBridge`` models with identical processing, in eval mode, on one device.
 
 Processing default: ``compat=False``, the raw HF weights. Activations then equal the HF model's
@@ -13,16 +14,20 @@ applies compatibility mode to both models, for HookedTransformer-equivalent nume
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
-from lab.checkpoints import Checkpoint, resolve_checkpoint
+from lab.checkpoints import (
+    Checkpoint,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_checkpoint,
+)
 from lab.errors import LabError
 from lab.memory import check_fits, count_parameters
 from lab.runtime import default_device, resolve_dtype
@@ -112,23 +117,6 @@ class ModelPair:
         )
 
 
-def _config(ckpt: Checkpoint, trust_remote_code: bool) -> Any:
-    try:
-        cfg = AutoConfig.from_pretrained(ckpt.location, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        where = "folder" if ckpt.is_local else "hub id"
-        hint = (
-            " The hub is unreachable (offline, or HF_HUB_OFFLINE=1) and there is no cached copy:"
-            " download it where the hub is reachable, or give a local folder."
-            if not ckpt.is_local
-            else ""
-        )
-        if "trust_remote_code" in str(e):
-            hint = " It needs custom code: pass trust_remote_code=True if you trust it."
-        raise LabError(f"Cannot read the config of {where} {ckpt.name!r}.{hint} ({e})") from e
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-
-
 def check_configs(base: Any, tuned: Any) -> None:
     """Refuse a pair whose architecture family or sizes differ, naming the difference."""
     fam_b, fam_t = base.model_type, tuned.model_type
@@ -160,46 +148,13 @@ def check_tokenizers(base: Any, tuned: Any, text: str = PROBE_TEXT) -> None:
         )
 
 
-@contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hide transformers' per-checkpoint "Loading weights" bars (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
-def _hf_model(ckpt: Checkpoint, dtype: torch.dtype, kw: dict[str, Any]) -> Any:
-    try:
-        with _quiet_loading():
-            return AutoModelForCausalLM.from_pretrained(
-                ckpt.location,
-                dtype=dtype,
-                use_safetensors=ckpt.use_safetensors,
-                attn_implementation="eager",
-                **kw,
-            )
-    except OSError as e:
-        if ckpt.use_safetensors and "safetensors" in str(e).lower():
-            raise LabError(
-                f"{ckpt.name!r} has no safetensors weights; Steerlab loads pickle weights only "
-                "when you opt in with allow_pickle=True (read with weights_only=True)."
-            ) from e
-        raise LabError(f"Cannot load the weights of {ckpt.name!r}: {e}") from e
-
-
 def _boot(ckpt: Checkpoint, tokenizer: Any, device, dtype, device_map, trust_remote_code) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if device_map is not None:
         kw["device_map"] = device_map
-    hf = _hf_model(ckpt, dtype, kw)
+    hf = load_model(AutoModelForCausalLM, ckpt, dtype=dtype, attn_implementation="eager", **kw)
     if device_map is None:
         hf = hf.to(device)
     bridge = TransformerBridge.boot_transformers(
@@ -241,10 +196,12 @@ def load_pair(
         role: resolve_checkpoint(name, role, allow_pickle=allow_pickle)
         for role, name in (("base", base), ("tuned", tuned))
     }
-    configs = {role: _config(c, trust_remote_code) for role, c in ckpts.items()}
+    configs = {
+        role: load_config(c, trust_remote_code=trust_remote_code) for role, c in ckpts.items()
+    }
     check_configs(configs["base"], configs["tuned"])
     tokenizers = {
-        role: AutoTokenizer.from_pretrained(c.location, trust_remote_code=trust_remote_code)
+        role: load_tokenizer(c, role, trust_remote_code=trust_remote_code)
         for role, c in ckpts.items()
     }
     check_tokenizers(tokenizers["base"], tokenizers["tuned"])

@@ -30,6 +30,9 @@ def calibrate(
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)."),
     dtype: str = typer.Option(None, help="float32 (default), bfloat16 or float16."),
     allow_pickle: bool = typer.Option(False, help="Allow pickle weights (weights_only load)."),
+    trust_remote_code: bool = typer.Option(
+        False, help="Run the checkpoints' own model code (only for authors you trust)."
+    ),
     batch_tokens: int = typer.Option(8192, help="Most tokens in one forward."),
     plot: Path = typer.Option(None, help="Write the plot here (e.g. calibration.png)."),
     out: Path = typer.Option(
@@ -45,7 +48,14 @@ def calibrate(
     from lab.models import load_pair
     from lab.prompts import find_chat_template
 
-    pair = load_pair(base, tuned, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    pair = load_pair(
+        base,
+        tuned,
+        device=device,
+        dtype=dtype,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
     if not prompts:
         prompts = ["calibration"]
         if find_chat_template(pair)[0] is not None:

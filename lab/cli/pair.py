@@ -29,6 +29,9 @@ def info(
     dtype: str = typer.Option(None, help="float32 (default), bfloat16 or float16."),
     compat: bool = typer.Option(False, help="TransformerLens compatibility mode on both."),
     allow_pickle: bool = typer.Option(False, help="Allow pickle weights (weights_only load)."),
+    trust_remote_code: bool = typer.Option(
+        False, help="Run the checkpoints' own model code (only for authors you trust)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Print a pair's summary: architecture, sizes, parameters, hooks, weight change by layer."""
@@ -36,7 +39,13 @@ def info(
     from lab.summary import pair_summary
 
     pair = load_pair(
-        base, tuned, device=device, dtype=dtype, compat=compat, allow_pickle=allow_pickle
+        base,
+        tuned,
+        device=device,
+        dtype=dtype,
+        compat=compat,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
     )
     summary = pair_summary(pair)
     if as_json:

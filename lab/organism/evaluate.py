@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2LMHeadModel
 
+from lab.checkpoints import load_model, local_checkpoint
 from lab.errors import LabError
 from lab.metrics import (
     as_policy,
@@ -102,7 +103,8 @@ def load_organism(folder: str | Path) -> Organism:
     )
     for name in ("base", "rlhf", "peak"):
         if (folder / name).is_dir():
-            org.models[name] = GPT2LMHeadModel.from_pretrained(str(folder / name)).eval()
+            ckpt = local_checkpoint(folder / name)
+            org.models[name] = load_model(GPT2LMHeadModel, ckpt).eval()
             org.cards[name] = read_card(folder / name)
     if (folder / "reward").is_dir():
         org.reward_model = RewardModel.load(folder / "reward")

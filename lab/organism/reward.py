@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
+from lab.checkpoints import load_model, local_checkpoint
 from lab.organism.labeler import Labeler
 from lab.organism.world import HMM
 
@@ -66,7 +67,9 @@ class RewardModel(torch.nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path) -> RewardModel:
-        return cls(GPT2ForSequenceClassification.from_pretrained(str(folder))).eval()
+        """The reward model saved at ``folder`` (safetensors only, under the lab's load policy)."""
+        ckpt = local_checkpoint(folder)
+        return cls(load_model(GPT2ForSequenceClassification, ckpt)).eval()
 
 
 def preference_pairs(
