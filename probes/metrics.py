@@ -6,12 +6,18 @@ cone runner unembeds only those) and returns a ``[batch]`` tensor. Anything with
 ``positions`` and ``name`` attribute works, so a reward model's score is ``FnMetric`` around it.
 A ``HookMetric`` reads one block hook's activation instead (``reads`` names it): a probe
 direction's projection on the residual stream, say; then patched runs stop at that block.
+
+Every metric has a ``name``, its rows' ``metric`` in result tables: ``label`` if given, else a
+description of what it computes (``LogitDiff(7-40)``, ``LogProb([3,9])@-1,-3``; a tensor of many
+ids by a digest of its values), so two metrics that differ get different names. ``check_names``
+refuses metrics whose names clash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,6 +36,7 @@ __all__ = [
     "LogitDiff",
     "Metric",
     "TokenSetProb",
+    "check_names",
     "hook_layer",
     "read_logits",
     "resolve_positions",
@@ -43,9 +50,18 @@ class Metric:
     """Base of the metrics: which positions it reads; subclasses define ``__call__``."""
 
     positions: tuple[int, ...] = (-1,)  # positions read (negative: from the end)
+    label: str = field(default="", kw_only=True)  # its name in result tables ("": described)
 
     @property
     def name(self) -> str:
+        """``label``, or what the metric computes and, unless only the last, where it reads."""
+        if self.label:
+            return self.label
+        at = "" if tuple(self.positions) == (-1,) else "@" + ",".join(map(str, self.positions))
+        return self.describe() + at
+
+    def describe(self) -> str:
+        """What the metric computes, for its default name."""
         return type(self).__name__
 
     @property
@@ -77,6 +93,9 @@ class LogitDiff(Metric):
         )
         return diff.mean(-1)
 
+    def describe(self) -> str:
+        return f"LogitDiff({_ids(self.correct)}-{_ids(self.wrong)})"
+
     def tile(self, copies: int) -> Metric:
         return replace(self, correct=self.correct.repeat(copies), wrong=self.wrong.repeat(copies))
 
@@ -93,6 +112,9 @@ class LogProb(Metric):
         ids = ids[:, None].expand(lp.shape[:2]) if ids.ndim == 1 else ids
         return lp.gather(-1, ids[..., None])[..., 0].mean(-1)
 
+    def describe(self) -> str:
+        return f"LogProb({_ids(self.targets)})"
+
     def tile(self, copies: int) -> Metric:
         reps = (copies,) + (1,) * (self.targets.ndim - 1)
         return replace(self, targets=self.targets.repeat(*reps))
@@ -107,6 +129,9 @@ class TokenSetProb(Metric):
     def __call__(self, logits: ReadLogits) -> Float[Tensor, " batch"]:
         ids = torch.tensor(self.tokens, device=logits.device, dtype=torch.long)
         return logits.softmax(-1)[..., ids].sum(-1).mean(-1)
+
+    def describe(self) -> str:
+        return f"TokenSetProb({_ids(torch.tensor(self.tokens, dtype=torch.long), whole=True)})"
 
     def tile(self, copies: int) -> Metric:
         return self
@@ -130,6 +155,10 @@ class KLMetric(Metric):
         p, q = (lp, ref) if self.patched_first else (ref, lp)
         return (p.exp() * (p - q)).sum(-1).mean(-1)
 
+    def describe(self) -> str:
+        ref = f"ref{_digest(self.reference)}"
+        return f"KL(patched||{ref})" if self.patched_first else f"KL({ref}||patched)"
+
     def tile(self, copies: int) -> Metric:
         return replace(self, reference=self.reference.repeat(copies, 1, 1))
 
@@ -139,11 +168,9 @@ class FnMetric(Metric):
     """Any function of the read logits to ``[batch]``: a reward model's score, an entropy ..."""
 
     fn: Callable[[ReadLogits], Tensor] | None = None  # read logits -> one value per prompt
-    label: str = "fn"  # its name in result tables
 
-    @property
-    def name(self) -> str:
-        return self.label
+    def describe(self) -> str:
+        return _fn_name(self.fn)
 
     def __call__(self, logits: ReadLogits) -> Float[Tensor, " batch"]:
         if self.fn is None:
@@ -160,11 +187,11 @@ class HookMetric(Metric):
     hook: str = ""  # e.g. "blocks.3.hook_resid_post" or "blocks.2.attn.hook_z"
     direction: Tensor | None = None  # the activation's trailing shape (d, or head d)
     fn: Callable[[Tensor], Tensor] | None = None  # batch read ... -> one value per prompt
-    label: str = ""  # its name in result tables (default: from the hook)
 
-    @property
-    def name(self) -> str:
-        return self.label or f"{self.hook}{'' if self.fn else '·direction'}"
+    def describe(self) -> str:
+        if self.fn is not None:
+            return f"{self.hook}·{_fn_name(self.fn)}"
+        return f"{self.hook}·direction{'' if self.direction is None else _digest(self.direction)}"
 
     @property
     def reads(self) -> str:
@@ -218,3 +245,45 @@ def resolve_positions(metric: Metric, n_pos: int) -> Tensor:
 def read_logits(logits: Float[Tensor, "batch pos vocab"], metric: Metric) -> ReadLogits:
     """The positions of full logits that ``metric`` reads."""
     return logits[:, resolve_positions(metric, logits.shape[1]).to(logits.device)]
+
+
+def check_names(metrics: Sequence[Metric]) -> list[str]:
+    """The metrics' names, refused when two are the same (their result rows would mix)."""
+    names = [m.name for m in metrics]
+    if clash := sorted({n for n in names if names.count(n) > 1}):
+        raise LabError(
+            f"Metrics share the name {clash[0]!r}, so their rows in the result table would mix; "
+            "give each its own label, e.g. LogitDiff(..., label='name_mover')."
+        )
+    return names
+
+
+def _digest(t: Tensor, most: int = 4096) -> str:
+    """A short digest of a tensor's shape and values, at most ``most`` of them evenly spaced
+    (a large reference stays cheap to name): default names tell metrics apart."""
+    flat = t.detach().reshape(-1)
+    if flat.numel() > most:
+        flat = flat[torch.linspace(0, flat.numel() - 1, most, device=flat.device).long()]
+    data = flat.to("cpu", torch.float64 if t.is_floating_point() else torch.int64).numpy()
+    h = hashlib.blake2b(str(tuple(t.shape)).encode() + data.tobytes(), digest_size=3)
+    return "#" + h.hexdigest()
+
+
+def _ids(t: Tensor, whole: bool = False) -> str:
+    """Token ids per prompt, for a name: ``7`` when every prompt has it, a list of up to 4
+    (``whole``: a set of them, as is), else a digest."""
+    flat = t.reshape(-1).tolist()
+    if not flat:
+        return ""
+    if not whole and len(set(flat)) == 1 and t.ndim == 1:
+        return str(flat[0])
+    if len(flat) <= 4:
+        listed = ",".join(map(str, flat))
+        return listed if whole else f"[{listed}]"
+    return f"{len(flat)} ids{_digest(t)}" if whole else _digest(t)
+
+
+def _fn_name(fn: Callable | None) -> str:
+    """A function's name for a metric's (``fn`` for a lambda or none)."""
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return "fn" if fn is None or name == "<lambda>" else name

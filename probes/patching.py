@@ -30,8 +30,8 @@ from lab.errors import LabError
 from lab.types import Tokens
 from probes.capture import capture, check_eval, resid_pre
 from probes.cone import cone_positions, run_cone
-from probes.metrics import Metric, hook_layer, resolve_positions
-from probes.results import COLUMNS, result_table, sites_of
+from probes.metrics import Metric, check_names, hook_layer, resolve_positions
+from probes.results import COLUMNS, result_table, sites_of, to_grid
 from probes.sites import Site, enumerate_sites, patching_hooks, site_kind
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "patch",
     "patch_jointly",
     "sites_of",
+    "to_grid",
 ]
 
 
@@ -172,12 +173,15 @@ def patch(
     ``sites`` is a list of ``Site`` or a site kind name (every layer, every head for kinds with
     heads, and every position when ``by_position``). ``value`` is the patched metric (batch mean),
     ``target`` and ``source`` the unpatched runs' values, ``share`` the part of the gap from
-    target to source that the patch closes: (value - target) / (source - target).
+    target to source that the patch closes: (value - target) / (source - target). ``metric`` is
+    each metric's ``name`` (its ``label``; names must differ). ``to_grid`` lays a table out as
+    ``transformer_lens.patching`` does (layer x position, layer x head ...).
     """
     config = config or PatchConfig()
     check_eval(target_model, source_model)
     check_prompts(target_tokens, source_tokens)
     metrics = [metrics] if isinstance(metrics, Metric) else list(metrics)
+    check_names(metrics)
     n_pos = target_tokens.shape[1]
     bound = [_Bound(m, n_pos) for m in metrics]
     reads = {

@@ -9,7 +9,7 @@ import probes.cone
 from lab import LabError
 from lab.testing import corrupted_prompts as prompts
 from probes.metrics import FnMetric, LogitDiff, LogProb
-from probes.patching import PatchConfig, cross_model, denoise, noise, patch
+from probes.patching import PatchConfig, cross_model, denoise, noise, patch, to_grid
 from probes.sites import Site
 
 ATOL = 1e-5
@@ -25,9 +25,13 @@ def tl_metric(metric):
 
 
 def grid(table, *axes):
+    """The table as TransformerLens lays it out (``to_grid``), checked against a plain reshape
+    of the rows sorted in TransformerLens's axis order."""
+    got = to_grid(table)
     table = table.sort_values(list(axes))
     shape = [table[a].nunique() for a in axes]
-    return torch.tensor(table["value"].to_numpy()).reshape(shape)
+    assert torch.equal(got, torch.tensor(table["value"].to_numpy()).reshape(shape))
+    return got
 
 
 TL_SWEEPS = [
@@ -52,7 +56,9 @@ def test_equals_transformer_lens(loaded_pair, arch, kind, by_position, tl_fn, ax
     _, cache = model.run_with_cache(clean)
     expected = tl_fn(model, corrupted, cache, tl_metric(metric))
     table = denoise(model, clean, corrupted, kind, metric, by_position=by_position, config=QUIET)
-    assert torch.allclose(grid(table, *axes), expected.double(), atol=ATOL, rtol=0)
+    got = grid(table, *axes)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected.double(), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -70,7 +76,9 @@ def test_split_last_block_equals_transformer_lens(
     _, cache = model.run_with_cache(clean)
     expected = tl_fn(model, corrupted, cache, tl_metric(metric))
     table = denoise(model, clean, corrupted, kind, metric, by_position=by_position, config=QUIET)
-    assert torch.allclose(grid(table, *axes), expected.double(), atol=ATOL, rtol=0)
+    got = grid(table, *axes)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected.double(), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "olmo2", "gemma2", "gpt_neox"])
@@ -163,11 +171,11 @@ def test_several_metrics_read_their_own_positions(loaded_pair):
     last = logit_diff()
     both = denoise(model, clean, corrupted, "mlp_out", [first, last], config=QUIET)
     alone = denoise(model, clean, corrupted, "mlp_out", first, config=QUIET)
-    assert set(both["metric"]) == {"LogProb", "LogitDiff"}
-    got = both[both["metric"] == "LogProb"]["value"].to_numpy()
+    assert set(both["metric"]) == {"LogProb([1,2])@3", "LogitDiff([7,8]-[40,41])"}
+    got = both[both["metric"] == first.name]["value"].to_numpy()
     assert got.tolist() == pytest.approx(alone["value"].tolist(), abs=ATOL)
     # mlp_out at positions after 3 cannot change what position 3 reads
-    late = both[(both["metric"] == "LogProb") & (both["position"] > 3)]
+    late = both[(both["metric"] == first.name) & (both["position"] > 3)]
     assert (late["value"] - late["target"]).abs().max() < ATOL
 
 
