@@ -16,6 +16,10 @@ For a component c (one head's output ``z`` or one MLP's output, at every positio
 
 Confidence intervals come from a cluster bootstrap: the prompts are cut into ``n_chunks`` chunks,
 each chunk is patched separately, and chunks are resampled; shares are ratios of resampled means.
+A share divides by the metric's departure (the gap from the patched model's own value to the
+other model's): each steering row carries that gap with its interval, and ``within_noise`` marks
+a gap whose interval includes 0, where the share is a ratio of noise and no finding (nor is it
+labelled steering-like). ``departure`` gives the same interval for a patching table's metrics.
 Labels (prediction-like, steering-like, both, neither) use thresholds from ``ClassifyConfig``.
 """
 
@@ -33,7 +37,7 @@ from tqdm.auto import tqdm
 
 from lab.errors import LabError
 from lab.types import Tokens
-from probes.metrics import KLMetric, Metric
+from probes.metrics import KLMetric, Metric, read_logits
 from probes.patching import PatchConfig, cross_model, patch
 from probes.sites import Site, enumerate_sites
 
@@ -43,6 +47,7 @@ __all__ = [
     "component_name",
     "component_site",
     "component_sites",
+    "departure",
     "score_components",
 ]
 
@@ -161,45 +166,109 @@ def score_components(
 
 
 def _bootstrap(parts: pd.DataFrame, score: str, rng: np.random.Generator, n_boot: int):
+    """(score, gap) at the point and per resample; the gap is the share's denominator."""
     v, t, s = (parts[k].to_numpy() for k in ("value", "target", "source"))
 
     def stat(ix):
-        if score == "prediction":
-            return float(np.mean(v[ix] - t[ix]))
         gap = np.mean(s[ix] - t[ix])
-        return float(np.mean(v[ix] - t[ix]) / gap) if gap else float("nan")
+        if score == "prediction":
+            return float(np.mean(v[ix] - t[ix])), gap
+        return (float(np.mean(v[ix] - t[ix]) / gap) if gap else float("nan")), gap
 
     point = stat(np.arange(len(v)))
     boots = np.array([stat(rng.integers(0, len(v), len(v))) for _ in range(n_boot)])
-    return point, boots
+    return point, boots[:, 0], boots[:, 1]
+
+
+def _interval(boots: np.ndarray, ci: float) -> tuple[float, float]:
+    alpha = (1 - ci) / 2
+    if not np.isfinite(boots).any():
+        return np.nan, np.nan
+    lo, hi = np.nanquantile(boots, [alpha, 1 - alpha])
+    return float(lo), float(hi)
 
 
 def classify(raw: pd.DataFrame, config: ClassifyConfig | None = None) -> pd.DataFrame:
     """Scores with confidence intervals and labels, one row per (component, model, score,
-    metric), from ``score_components``'s per-chunk table. A pure function of that table."""
+    metric), from ``score_components``'s per-chunk table. A pure function of that table.
+
+    Steering rows also carry ``gap`` (the unpatched source - target, the share's denominator),
+    its interval ``gap_lo``..``gap_hi`` and ``within_noise`` (that interval includes 0)."""
     config = config or ClassifyConfig()
     rng = np.random.default_rng(config.seed)
-    alpha = (1 - config.ci) / 2
     keys = ["component", "kind", "layer", "head", "model", "score", "metric"]
     out = []
     for key, parts in raw.groupby(keys, sort=False, dropna=False):
-        point, boots = _bootstrap(parts, key[5], rng, config.n_boot)
-        lo, hi = (
-            np.nanquantile(boots, [alpha, 1 - alpha])
-            if np.isfinite(boots).any()
-            else (np.nan, np.nan)
-        )
-        out.append({**dict(zip(keys, key, strict=True)), "value": point, "lo": lo, "hi": hi})
+        (point, gap), boots, gaps = _bootstrap(parts, key[5], rng, config.n_boot)
+        lo, hi = _interval(boots, config.ci)
+        row = {**dict(zip(keys, key, strict=True)), "value": point, "lo": lo, "hi": hi}
+        if key[5] == "steering":
+            g_lo, g_hi = _interval(gaps, config.ci)
+            noise = not (g_lo > 0 or g_hi < 0)  # also when the interval is undefined
+            row.update(gap=gap, gap_lo=g_lo, gap_hi=g_hi, within_noise=noise)
+        else:
+            row.update(gap=np.nan, gap_lo=np.nan, gap_hi=np.nan, within_noise=False)
+        out.append(row)
     table = pd.DataFrame(out)
     return table.merge(_labels(table, config), on=["component", "model"], how="left")
+
+
+def departure(
+    pair: Any,
+    tokens: Tokens,
+    metrics: dict[str, Metric],
+    *,
+    ci: float = 0.9,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Each metric's departure, as the gap (source - target) a cross-model patching share of it
+    divides by, with a prompt-bootstrap interval; one row per (metric, into).
+
+    Columns ``metric`` (the name given), ``into``, ``gap``, ``gap_lo``, ``gap_hi``,
+    ``within_noise``: merge it into ``cross_model``'s table on ``metric`` and ``into``.
+    """
+    values = {}
+    for role, model in pair.models.items():
+        with torch.inference_mode():
+            logits = model(tokens.to(next(model.parameters()).device)).float()
+            for name, metric in metrics.items():
+                if getattr(metric, "reads", "logits") != "logits":
+                    raise LabError(
+                        f"Metric {name!r} reads {metric.reads}; a departure needs logit metrics."
+                    )
+                values[role, name] = metric(read_logits(logits, metric)).detach().double()
+    values = {k: v.cpu().numpy() for k, v in values.items()}
+    rng = np.random.default_rng(seed)
+    resamples = rng.integers(0, len(tokens), (n_boot, len(tokens)))
+    rows = []
+    for name in metrics:
+        diff = values["base", name] - values["tuned", name]  # into tuned: source base
+        for into, d in (("tuned", diff), ("base", -diff)):
+            lo, hi = _interval(d[resamples].mean(1), ci)
+            noise = not (lo > 0 or hi < 0)
+            rows.append(
+                {
+                    "metric": name,
+                    "into": into,
+                    "gap": float(d.mean()),
+                    "gap_lo": lo,
+                    "gap_hi": hi,
+                    "within_noise": noise,
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def _labels(table: pd.DataFrame, config: ClassifyConfig) -> pd.DataFrame:
     pred = table[table.score == "prediction"].set_index(["component", "model"])["value"]
     steer = table[(table.score == "steering") & (table.metric == config.steering_metric)]
-    steer = steer.set_index(["component", "model"])["value"]
+    steer = steer.set_index(["component", "model"])
     is_pred = pred >= config.prediction_threshold
-    is_steer = (steer >= config.steering_threshold).reindex(is_pred.index, fill_value=False)
+    steering = steer["value"] >= config.steering_threshold
+    if "within_noise" in steer:  # a share of a departure within noise is not steering
+        steering &= ~steer["within_noise"].astype(bool)
+    is_steer = steering.reindex(is_pred.index, fill_value=False)
     names = {
         (True, True): "both",
         (True, False): "prediction-like",

@@ -4,6 +4,8 @@ with an arrow from one to the other. Pure functions of ``probes.classify.classif
 
 from __future__ import annotations
 
+from typing import Any
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -11,7 +13,14 @@ from matplotlib.figure import Figure
 
 from lab.errors import LabError
 
-__all__ = ["layer_summary", "migration_map", "migration_table", "top_steering"]
+__all__ = [
+    "departure_note",
+    "departures",
+    "layer_summary",
+    "migration_map",
+    "migration_table",
+    "top_steering",
+]
 
 
 def migration_table(scores: pd.DataFrame, metric: str = "kl_to_base") -> pd.DataFrame:
@@ -45,12 +54,53 @@ def _scale(frame: pd.DataFrame) -> float:
     return m if m > 0 else 1.0
 
 
-def top_steering(scores: pd.DataFrame, n: int = 5, metric: str = "kl_to_base") -> pd.DataFrame:
-    """The ``n`` components with the largest steering share in tuned, with their intervals."""
+def top_steering(
+    scores: pd.DataFrame, n: int = 5, metric: str = "kl_to_base", *, noise: bool = False
+) -> pd.DataFrame:
+    """The ``n`` components with the largest steering share in tuned, with their intervals.
+
+    Shares of a departure within noise (``within_noise``: the gap's interval includes 0) are
+    ratios of noise, so they are left out unless ``noise``; then the result may be empty.
+    """
     steer = scores[
         (scores.score == "steering") & (scores.metric == metric) & (scores.model == "tuned")
     ]
+    if not noise and "within_noise" in steer:
+        steer = steer[~steer["within_noise"].astype(bool)]
     return steer.sort_values("value", ascending=False).head(n).reset_index(drop=True)
+
+
+def departures(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per steering metric, the departure tuned - base that its shares divide by, with its
+    interval and ``within_noise``; from a ``classify`` table (or a patching table that carries
+    ``probes.classify.departure``'s columns). Empty when the table carries no gap interval."""
+    cols = ["metric", "departure", "lo", "hi", "within_noise"]
+    if "gap_lo" not in scores:
+        return pd.DataFrame(columns=cols)
+    into = "into" if "into" in scores else "model"
+    rows = scores[scores[into] == "tuned"]
+    if "score" in rows:
+        rows = rows[rows.score == "steering"]
+    rows = rows.drop_duplicates("metric")  # the gap is the unpatched runs': one per metric
+    # patched into tuned, the gap is base - tuned: the departure is its negation
+    return pd.DataFrame(
+        {
+            "metric": rows.metric,
+            "departure": -rows.gap,
+            "lo": -rows.gap_hi,
+            "hi": -rows.gap_lo,
+            "within_noise": rows.within_noise.astype(bool),
+        }
+    ).reset_index(drop=True)
+
+
+def departure_note(row: Any) -> str:
+    """Why shares of a metric whose departure is within noise are no finding (one sentence)."""
+    return (
+        f"tuned and base differ on {row.metric} by {row.departure:.3g} (interval {row.lo:.3g} "
+        f"to {row.hi:.3g}), which includes 0: that departure is within noise, so shares of it "
+        "divide by noise and are no finding"
+    )
 
 
 def migration_map(
