@@ -37,7 +37,14 @@ class RunDir:
         return (self.root / name).exists()
 
     def json(self, name: str) -> Any:
-        return json.loads((self.root / name).read_text())
+        path = self.root / name
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LabError(
+                f"{path} is not valid UTF-8 JSON ({e}); rerun `lab sweep` or `lab demo`, "
+                "which rewrite it."
+            ) from None
 
     def table(self, name: str) -> pd.DataFrame:
         return pd.read_parquet(self.root / name)
@@ -54,22 +61,50 @@ class Section:
 
 
 def _headline_section(run: RunDir, _: CircuitsVisPage) -> str:
-    from probes.migration import top_steering
+    from probes.migration import departure_note, departures, top_steering
 
     parts = []
     if run.has("classify.parquet"):
-        top = top_steering(run.table("classify.parquet"), n=5)
+        scores = run.table("classify.parquet")
+        noise = departures(scores).query("within_noise")
+        for r in noise.itertuples():
+            parts.append(
+                f"<p class='noise'>No finding on {html.escape(r.metric)}: "
+                f"{html.escape(departure_note(r))}.</p>"
+            )
+        top = top_steering(scores, n=5)
         items = "".join(
             f"<li><b>{html.escape(r.component)}</b>: removes {r.value:.0%} "
             f"(90% CI {r.lo:.0%} to {r.hi:.0%}) of KL(tuned || base); {html.escape(r.label)}</li>"
             for r in top.itertuples()
         )
-        parts.append(
-            f"<p>The components that carry the tuned model's steering:</p><ol>{items}</ol>"
-        )
+        if items:
+            parts.append(
+                f"<p>The components that carry the tuned model's steering:</p><ol>{items}</ol>"
+            )
     if run.has("joint.parquet"):
         parts.append(_joint_text(run))
     return "".join(parts)
+
+
+def _gap_notes(run: RunDir, table: pd.DataFrame) -> tuple[dict[str, str], str]:
+    """Per metric, why its shares are noise (metrics clear of noise are absent), and where the
+    departures' intervals came from: the patching table itself, else the classify analysis."""
+    from probes.migration import departure_note, departures
+
+    deps, where = departures(table), "this table"
+    if deps.empty and run.has("classify.parquet"):
+        deps, where = departures(run.table("classify.parquet")), "the classify analysis"
+    if deps.empty:
+        return {}, (
+            "No interval of the departures was recorded, so shares below are not checked "
+            "against noise: a share of a departure near 0 can be large and mean nothing."
+        )
+    notes = {r.metric: departure_note(r) for r in deps.itertuples() if r.within_noise}
+    return notes, (
+        f"Departures and their intervals are from {where}; shares of a departure whose interval "
+        "includes 0 are greyed out: they divide by noise and are no finding."
+    )
 
 
 def _joint_text(run: RunDir) -> str:
@@ -88,6 +123,18 @@ def _joint_text(run: RunDir) -> str:
     return f"<p class='finding'>{html.escape(text)}.</p>"
 
 
+def _environment(run: RunDir) -> dict[str, Any]:
+    """``environment.json``: an object with ``python`` (text) and ``versions`` (name -> text)."""
+    env = run.json("environment.json")
+    versions = env.get("versions", {}) if isinstance(env, dict) else None
+    if not isinstance(versions, dict) or not isinstance(env.get("python", ""), str):
+        raise LabError(
+            f'{run.root / "environment.json"} is not an object with "python" (text) and '
+            '"versions" (an object of name: version); rerun `lab sweep`, which rewrites it.'
+        )
+    return env
+
+
 def _run_section(run: RunDir, _: CircuitsVisPage) -> str:
     parts = []
     config = next((n for n in ("config.toml", "config.json") if run.has(n)), None)
@@ -98,7 +145,7 @@ def _run_section(run: RunDir, _: CircuitsVisPage) -> str:
             f"<pre>{html.escape(text)}</pre></details>"
         )
     if run.has("environment.json"):
-        env = run.json("environment.json")
+        env = _environment(run)
         rows = [{"what": k, "version": v} for k, v in env.get("versions", {}).items()]
         rows.insert(0, {"what": "python", "version": env.get("python")})
         parts.append(f"<h3>Environment</h3>{table_html(rows)}")
@@ -167,34 +214,50 @@ def _patching_section(run: RunDir, _: CircuitsVisPage) -> str:
     from probes.heatmaps import layer_head_heatmap, layer_position_heatmap
 
     table = run.table("patching.parquet")
+    noise, how = _gap_notes(run, table)
     parts = [
         "<p>Share of the tuned model's departure from the base (per metric) that patching "
         "one site's activation across the pair removes (into tuned) or induces (into "
-        "base).</p>"
+        f"base). {html.escape(how)}</p>"
     ]
     for (site, metric, into), part in table.groupby(["site", "metric", "into"], sort=False):
         title = f"{site}, {metric}, patched into {into}"
+        grey = " noise" if metric in noise else ""
+        if grey:
+            parts.append(
+                f"<p class='noise'>{html.escape(title)}: {html.escape(noise[metric])}.</p>"
+            )
         if part["position"].notna().any():
             fig = layer_position_heatmap(part, metric=metric)
         elif part["head"].notna().any():
             fig = layer_head_heatmap(part, metric=metric)
         else:
             rows = part[["layer", "value", "target", "source", "share"]].to_dict("records")
-            parts.append(f"<h3>{html.escape(title)}</h3>{table_html(rows)}")
+            table_part = table_html(rows).replace('class="data"', f'class="data{grey}"', 1)
+            parts.append(f"<h3>{html.escape(title)}</h3>{table_part}")
             continue
-        fig.suptitle(title)
-        parts.append(figure_html(fig, title))
+        fig.suptitle(title + (" (within noise)" if grey else ""))
+        parts.append(figure_html(fig, title).replace('class="figure"', f'class="figure{grey}"'))
     return "".join(parts)
 
 
 def _migration_section(run: RunDir, _: CircuitsVisPage) -> str:
-    from probes.migration import layer_summary, migration_map, top_steering
+    from probes.migration import departures, layer_summary, migration_map, top_steering
 
     scores = run.table("classify.parquet")
+    deps = departures(scores)
+    grey = " noise" if deps.query("within_noise").metric.eq("kl_to_base").any() else ""
     parts = [
         figure_html(migration_map(scores), "migration map"),
         figure_html(layer_summary(scores), "steering by layer"),
     ]
+    parts = [f.replace('class="figure"', f'class="figure{grey}"') for f in parts]
+    if not deps.empty:
+        parts.append(
+            "<h3>Departures tuned - base that the shares divide by</h3><p>A departure whose "
+            "interval includes 0 is within noise: its shares are greyed out and left out of the "
+            f"findings.</p>{table_html(deps.to_dict('records'))}"
+        )
     top = top_steering(scores, n=5)
     parts.append("<h3>Top steering components (share of KL(tuned || base) removed)</h3>")
     parts.append(table_html(top[["component", "value", "lo", "hi", "label"]].to_dict("records")))
@@ -271,7 +334,8 @@ color:#222}h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2e
 table.data{border-collapse:collapse;font-size:.85em;margin:.5em 0}table.data td,table.data th{
 border:1px solid #ddd;padding:3px 8px;text-align:right}img.figure{max-width:100%;display:block;
 margin:.8em 0}.missing{color:#a33}.finding{background:#f3f7ff;padding:.6em;border-left:3px solid
-#36c}code,pre{background:#f6f6f6;padding:2px 4px}"""
+#36c}code,pre{background:#f6f6f6;padding:2px 4px}.noise{color:#888}table.noise,img.figure.noise{
+opacity:.4}p.noise{background:#f4f4f4;padding:.4em;border-left:3px solid #bbb}"""
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, list[str]]:
