@@ -1,4 +1,10 @@
-"""`lab organism`: train the shipped model organism and print its metrics against ground truth."""
+"""`lab organism`: train the shipped model organism and print its metrics against ground truth.
+
+``lab organism train --world FILE`` trains a base model on a custom world instead (a JSON or
+safetensors HMM, state- or edge-emitting: see ``lab.organism.worldfile``), e.g. Mess3 from
+``data/worlds/mess3.json``. The shipped organism lives in ``data_dir() / "organism"`` (``data/``
+of the repository, or ``$STEERLAB_DATA``).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,16 @@ import typer
 app = typer.Typer(help="The model organism: a world with ground truth, a base and an RLHF model.")
 
 _REPO = Path(__file__).resolve().parents[2]
-_SHIPPED = _REPO / "data" / "organism"
-_QUICK = _REPO / "runs" / "organism-quick"
+_RUNS = _REPO / "runs"
+
+
+def _shipped() -> Path:
+    """The shipped organism's folder, read when a command runs ($STEERLAB_DATA may change)."""
+    from lab.checkpoints import organism_dir
+
+    return organism_dir("")
+
+
 _COLUMNS = [
     "excess_loss",
     "kl_to_world",
@@ -34,31 +48,78 @@ _COLUMNS = [
 @app.command()
 def train(
     quick: bool = typer.Option(False, "--quick", help="Tiny budgets (tests): under a minute."),
-    out: Path | None = typer.Option(None, "--out", help="Output folder (default data/organism)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: the data folder's organism/)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
     threads: int = typer.Option(
         1, "--threads", help="torch CPU threads (1 is fastest on 2 cores)."
     ),
+    world: Path | None = typer.Option(
+        None,
+        "--world",
+        help="A world file (JSON or safetensors HMM, see lab.organism.worldfile): train only "
+        "a base model on it, into --out (default runs/world-NAME).",
+    ),
+    steps: int | None = typer.Option(None, "--steps", help="Base optimiser steps (override)."),
+    length: int | None = typer.Option(None, "--length", help="Words per sequence (override)."),
 ) -> None:
-    """Train world -> base -> reward model -> RLHF and write the folders with their cards."""
+    """Train world -> base -> reward model -> RLHF and write the folders with their cards
+    (with --world, only a base model on that world)."""
+    import dataclasses
+
     import torch
 
+    from lab.errors import LabError
     from lab.organism.pipeline import OrganismConfig, quick_config, train_organism
 
+    for name, value in (("--steps", steps), ("--length", length)):
+        if value is not None and value < 1:
+            raise LabError(f"{name} must be at least 1; got {value}.")
     torch.set_num_threads(threads)
-    out = out or (_QUICK if quick else _SHIPPED)
-    command = "lab organism train" + (" --quick" if quick else "") + f" --seed {seed}"
-    if out != _SHIPPED:
-        command += f" --out {out}"
     cfg = quick_config() if quick else OrganismConfig()
+    changes = {k: v for k, v in (("steps", steps), ("length", length)) if v is not None}
+    if changes:
+        cfg = dataclasses.replace(cfg, base=dataclasses.replace(cfg.base, **changes))
+    command = "lab organism train" + (" --quick" if quick else "") + f" --seed {seed}"
+    command += "".join(f" --{k} {v}" for k, v in changes.items())
+    if world is not None:
+        _train_world(world, out, cfg.base, seed, command, quick)
+        return
+    shipped = _shipped()
+    out = out or (_RUNS / "organism-quick" if quick else shipped)
+    if out.resolve() != shipped.resolve():
+        command += f" --out {out}"
     rows = train_organism(out, cfg, seed=seed, command=command)
     typer.echo(_table(rows))
     typer.echo(f"Wrote {out}/base, rlhf, peak and reward.")
 
 
+def _train_world(path: Path, out: Path | None, cfg, seed: int, command: str, quick: bool) -> None:
+    from lab.errors import LabError
+    from lab.organism.pipeline import train_world_base
+    from lab.organism.worldfile import read_world
+
+    world = read_world(path)  # validated before anything trains
+    out = out or _RUNS / f"world-{path.stem}{'-quick' if quick else ''}"
+    if out.resolve() == _shipped().resolve():
+        raise LabError(
+            f"--out {out} is the shipped organism's folder; give a custom world its own --out."
+        )
+    command += f" --world {path} --out {out}"
+    metrics = train_world_base(
+        out, world, cfg, seed=seed, texts=64 if quick else 512, command=command
+    )
+    keys = ("excess_loss", "kl_to_world", "ece", "belief_probe_r2", "belief_probe_best_layer")
+    typer.echo("base: " + ", ".join(f"{k}={metrics[k]:.4g}" for k in keys))
+    typer.echo(f"Wrote {out}/base (a world file has no labeler: no reward model or RLHF).")
+
+
 @app.command("eval")
 def evaluate(
-    folder: Path = typer.Argument(_SHIPPED, help="Organism folder (default data/organism)."),
+    folder: Path | None = typer.Argument(
+        None, help="Organism folder (default: the data folder's organism/)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     texts: int = typer.Option(1024, help="Held-out world sequences for prediction metrics."),
     prompts: int = typer.Option(512, help="World prompts for behaviour metrics."),
@@ -69,7 +130,8 @@ def evaluate(
     from lab.organism.evaluate import EvalConfig, evaluate_organism, load_organism
 
     torch.set_num_threads(1)
-    rows = evaluate_organism(load_organism(folder), EvalConfig(texts=texts, prompts=prompts))
+    org = load_organism(folder or _shipped())
+    rows = evaluate_organism(org, EvalConfig(texts=texts, prompts=prompts))
     if as_json:
         json.dump(_finite(rows), sys.stdout, indent=1)
         typer.echo()

@@ -10,6 +10,10 @@ Quick tour::
     pi = PiStar(world, labeler, beta=0.1, length=31)
     pi.sample(prompts), pi.next_token_logprobs(tokens), pi.objective()
 
+    mess3 = load_world("data/worlds/mess3.json")   # a world file (see lab.organism.worldfile)
+    model = train_base(mess3, BaseConfig())         # a GPT-2 trained on fresh world samples
+    Dataset.from_organism(mess3.sample(256, 31))    # exact beliefs as targets (lab.datasets)
+
     org = load_organism("data/organism")           # models + world + labeler from the cards
     evaluate_organism(org)                          # the metrics table, one dict per row
     evaluate_policy(any_model, org, EvalData.draw(...))  # metrics of any HF model or bridge
@@ -25,16 +29,18 @@ from lab.organism.evaluate import (
     load_organism,
 )
 from lab.organism.labeler import Labeler
-from lab.organism.pipeline import OrganismConfig, quick_config, train_organism
+from lab.organism.pipeline import OrganismConfig, quick_config, train_organism, train_world_base
 from lab.organism.reward import RewardConfig, RewardModel, train_reward_model
 from lab.organism.rlhf import RLHFConfig, sample_continuations, train_rlhf
 from lab.organism.story import story_labeler, story_world
 from lab.organism.train import BaseConfig, train_base
 from lab.organism.world import HMM, Forward, WorldSample
+from lab.organism.worldfile import EdgeHMM, load_world, read_world
 
 __all__ = [
     "HMM",
     "BaseConfig",
+    "EdgeHMM",
     "EvalConfig",
     "EvalData",
     "Forward",
@@ -49,7 +55,9 @@ __all__ = [
     "evaluate_organism",
     "evaluate_policy",
     "load_organism",
+    "load_world",
     "quick_config",
+    "read_world",
     "sample_continuations",
     "story_labeler",
     "story_world",
@@ -57,4 +65,5 @@ __all__ = [
     "train_organism",
     "train_reward_model",
     "train_rlhf",
+    "train_world_base",
 ]

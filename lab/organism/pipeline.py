@@ -4,6 +4,10 @@
 (the RLHF policy where true utility peaked), each an HF folder (config.json, model.safetensors,
 tokenizer.json) with a ``card.json``: the world, the labeler, every hyperparameter, the seed, the
 wall time, the command that made it and the measured metrics.
+
+``train_world_base(out, world, cfg)`` trains only ``out/base`` on a custom world (a world file of
+``lab.organism.worldfile``, which has no labeler, hence no reward model or RLHF); its card holds
+the world, the file's own description and the base's prediction and belief-probe metrics.
 """
 
 from __future__ import annotations
@@ -15,7 +19,13 @@ from pathlib import Path
 
 import torch
 
-from lab.metrics import generation_metrics, model_logprobs, prediction_metrics
+from lab.metrics import (
+    belief_probe_r2,
+    generation_metrics,
+    hidden_states,
+    model_logprobs,
+    prediction_metrics,
+)
 from lab.organism.evaluate import EvalConfig, Organism, evaluate_organism
 from lab.organism.labeler import Labeler
 from lab.organism.reward import RewardConfig, train_reward_model
@@ -23,8 +33,9 @@ from lab.organism.rlhf import RLHFConfig, sample_continuations, train_rlhf
 from lab.organism.story import story_labeler, story_world
 from lab.organism.train import BaseConfig, train_base
 from lab.organism.world import HMM
+from lab.organism.worldfile import EdgeHMM
 
-__all__ = ["OrganismConfig", "quick_config", "train_organism"]
+__all__ = ["OrganismConfig", "quick_config", "train_organism", "train_world_base"]
 
 
 @dataclass(frozen=True)
@@ -154,3 +165,45 @@ def train_organism(
 
 def _peak_step(curve: list[dict]) -> int | None:
     return max(curve, key=lambda p: p["true_utility"])["step"] if curve else None
+
+
+def train_world_base(
+    out: str | Path,
+    world: HMM | EdgeHMM,
+    cfg: BaseConfig | None = None,
+    *,
+    seed: int = 0,
+    texts: int = 256,
+    command: str = "",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train and save ``out/base`` on ``world``; returns its metrics on ``texts`` held-out texts.
+
+    ``belief_probe_r2`` probes for the world's belief state: for an edge-emitting world, the
+    belief over its own states (``EdgeHMM.state_beliefs``), the mixed-state simplex.
+    """
+    cfg = cfg or BaseConfig()
+    hmm = world.to_hmm() if isinstance(world, EdgeHMM) else world
+    t0 = time.perf_counter()
+    base = train_base(hmm, cfg, seed, progress)
+    wall = time.perf_counter() - t0
+    held_out = hmm.draw(texts, cfg.length, torch.Generator().manual_seed(seed + 7))[0]
+    metrics = prediction_metrics(model_logprobs(base, held_out), hmm, held_out)
+    beliefs = hmm.forward(held_out).beliefs
+    if isinstance(world, EdgeHMM):
+        beliefs = world.state_beliefs(beliefs)
+    metrics |= belief_probe_r2(hidden_states(base, held_out), beliefs)
+    card = {
+        "role": "base",
+        "world": hmm.to_dict(),
+        "world_source": world.to_dict() if isinstance(world, EdgeHMM) else None,
+        "length": cfg.length,
+        "seed": seed,
+        "config": asdict(cfg),
+        "command": command,
+        "threads": torch.get_num_threads(),
+        "wall_time_s": {"base": wall},
+        "metrics": metrics,
+    }
+    _save(base, Path(out) / "base", hmm, card)
+    return metrics
