@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.checkpoints import data_dir, resolve_checkpoint
+from lab.checkpoints import Checkpoint, data_dir, load_tokenizer, resolve_checkpoint
 from lab.errors import LabError, close_matches
 
 __all__ = [
@@ -188,7 +188,7 @@ def find_chat_template(pair: Any) -> tuple[str | None, str | None]:
     """
     tuned = pair.sources.get("tuned")
     if tuned is not None and tuned != pair.sources.get("base"):
-        tmpl = _template_at(resolve_checkpoint(tuned, "tuned", allow_pickle=True).location)
+        tmpl = _template_at(resolve_checkpoint(tuned, "tuned", allow_pickle=True))
         if tmpl:
             return tmpl, "tuned"
     tmpl = _template_of(pair.tokenizer)
@@ -196,10 +196,8 @@ def find_chat_template(pair: Any) -> tuple[str | None, str | None]:
 
 
 @functools.lru_cache(maxsize=8)
-def _template_at(location: str) -> str | None:
-    from transformers import AutoTokenizer
-
-    return _template_of(AutoTokenizer.from_pretrained(location))
+def _template_at(ckpt: Checkpoint) -> str | None:
+    return _template_of(load_tokenizer(ckpt, "tuned"))
 
 
 def _no_template(rec: PromptRecord, set_name: str) -> LabError:
