@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from lab.cache import cache_pair
+from lab.checkpoints import load_model, local_checkpoint
 from lab.datasets import Dataset
 from lab.models import load_pair
 from lab.store import ActivationStore
@@ -111,7 +112,7 @@ def overhead(tmp: Path, device: str, quick: bool) -> dict:
     t0 = time.perf_counter()
     dirs = make_pair(tmp / "gpt2-small", GPT2_SMALL, perturb=0.01)
     pair = load_pair(*dirs, device=device)
-    hf = [AutoModelForCausalLM.from_pretrained(d).to(device).eval() for d in dirs]
+    hf = [load_model(AutoModelForCausalLM, local_checkpoint(d)).to(device).eval() for d in dirs]
     log(f"overhead: GPT-2-small-shaped pair built and loaded in {time.perf_counter() - t0:.0f}s")
     cuda = device.startswith("cuda")
     n_seq, seq_len, bs, repeats = (4, 64, 4, 2) if quick else (16, 128, 4, 3)
