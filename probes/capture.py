@@ -144,6 +144,7 @@ def capture(
     read: Sequence[int] | None = None,
     last: int | None = None,
     defer: bool = False,
+    attention_mask: Tensor | None = None,
 ) -> TargetRun:
     """Run ``model`` on ``tokens`` once, keeping what every downstream cone reuses up to block
     ``last`` (all), the activations at ``hooks`` (all positions; those past ``last`` are not
@@ -152,7 +153,8 @@ def capture(
     ``defer``: stop at the last block's input, keeping it and the block's arguments, and run
     nothing of that block: no logits, and no keys or values for it (None). The caller runs it
     (``run_cone`` with the run as a baseline lane). Every hook asked for must come before it
-    (the last block's own ``hook_resid_pre`` is its input)."""
+    (the last block's own ``hook_resid_pre`` is its input). ``attention_mask``: padded
+    prompts (``probes.padding``); the blocks' arguments then carry it to every cone."""
     check_eval(model)
     n_layers, n_pos = int(model.cfg.n_layers), int(tokens.shape[1])
     last = n_layers - 1 if last is None or read is not None else last
@@ -189,7 +191,8 @@ def capture(
     ran = last if read is not None or defer else last + 1
     try:
         with torch.inference_mode(), attention_kv(model, range(ran), kv), hooked(points, savers):
-            model(tokens, stop_at_layer=None if defer else stop)
+            masked = {} if attention_mask is None else {"attention_mask": attention_mask}
+            model(tokens, stop_at_layer=None if defer else stop, **masked)
     except _Deferred:
         pass
     finally:

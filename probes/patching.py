@@ -24,13 +24,15 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from lab.errors import LabError
 from lab.types import Tokens
 from probes.capture import capture, check_eval, resid_pre
 from probes.cone import cone_positions, run_cone
-from probes.metrics import Metric, check_names, hook_layer, resolve_positions
+from probes.metrics import Metric, check_names, hook_layer
+from probes.padding import check_mask, read_positions
 from probes.results import COLUMNS, result_table, sites_of, to_grid
 from probes.sites import Site, enumerate_sites, patching_hooks, site_kind
 
@@ -90,17 +92,31 @@ def _as_sites(sites: str | Iterable[Site], model: Any, n_pos: int, by_position: 
 
 
 class _Bound:
-    """A metric with the rows of the read logits it takes (``idx``)."""
+    """A metric with the positions it reads in each prompt and, once the positions read by all
+    metrics are known (``index``), where they are among them (``idx``)."""
 
-    def __init__(self, metric: Metric, n_pos: int):
+    def __init__(self, metric: Metric, n_pos: int, mask: torch.Tensor | None = None):
         self.metric, self.name = metric, metric.name
         self.reads = getattr(metric, "reads", "logits")  # "logits" or the hook it reads
-        self.positions = resolve_positions(metric, n_pos).tolist()
-        self.idx: list[int] = []
+        self.at = read_positions(metric, n_pos, mask)  # (batch | 1) read: array positions
+        self.positions = sorted(set(self.at.flatten().tolist()))  # every one of them
+        self.idx: torch.Tensor | list[int] = []  # per prompt (batch read), or one list for all
         self._tiled: dict[int, Metric | None] = {}
 
+    def index(self, read: list[int]) -> None:
+        """Locate this metric's positions among ``read`` (the positions read, ascending)."""
+        idx = torch.searchsorted(torch.tensor(read), self.at)
+        self.idx = idx[0].tolist() if (idx == idx[:1]).all() else idx
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """This metric's rows of ``x`` (``prompts read ...``, copies of the batch stacked)."""
+        if isinstance(self.idx, list):
+            return x[:, self.idx]
+        idx = self.idx.to(x.device).repeat(x.shape[0] // self.idx.shape[0], 1)
+        return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
+
     def _values(self, metric, logits: torch.Tensor) -> torch.Tensor:
-        values = metric(logits[:, self.idx])
+        values = metric(self.take(logits))
         if not isinstance(values, torch.Tensor) or values.shape != (logits.shape[0],):
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise LabError(
@@ -167,6 +183,7 @@ def patch(
     *,
     by_position: bool = True,
     config: PatchConfig | None = None,
+    attention_mask: Tensor | None = None,
 ) -> pd.DataFrame:
     """Patch each site's source activation into the target run; one table row per site, metric.
 
@@ -176,20 +193,25 @@ def patch(
     target to source that the patch closes: (value - target) / (source - target). ``metric`` is
     each metric's ``name`` (its ``label``; names must differ). ``to_grid`` lays a table out as
     ``transformer_lens.patching`` does (layer x position, layer x head ...).
+
+    ``attention_mask`` (``batch pos``, 1: a real token): prompts of different lengths padded on
+    one side, the same for both prompt sets (``probes.padding``). Site positions are array
+    columns; metric positions count within each prompt (-1: its last real token).
     """
     config = config or PatchConfig()
     check_eval(target_model, source_model)
     check_prompts(target_tokens, source_tokens)
     metrics = [metrics] if isinstance(metrics, Metric) else list(metrics)
     check_names(metrics)
+    mask = check_mask(attention_mask, target_tokens)
     n_pos = target_tokens.shape[1]
-    bound = [_Bound(m, n_pos) for m in metrics]
+    bound = [_Bound(m, n_pos, mask) for m in metrics]
     reads = {
         name: sorted({p for m in bound if m.reads == name for p in m.positions})
         for name in dict.fromkeys(m.reads for m in bound)
     }  # what is read: positions
     for m in bound:
-        m.idx = [reads[m.reads].index(p) for p in m.positions]
+        m.index(reads[m.reads])
     n_layers = int(target_model.cfg.n_layers)
     layers = {r: n_layers - 1 if r == "logits" else hook_layer(target_model, r) for r in reads}
     last = max(layers.values())  # no block after it can change what is read
@@ -207,13 +229,18 @@ def patch(
     logits = reads.get("logits")
     if within:  # one forward for both runs
         both = torch.cat([target_tokens, source_tokens.to(target_tokens.device)])
-        run, src = capture(target_model, both, hooks, logits, last, defer).split(len(target_tokens))
+        masks = None if mask is None else torch.cat([mask, mask])
+        run, src = capture(target_model, both, hooks, logits, last, defer, masks).split(
+            len(target_tokens)
+        )
         src_logits, acts = src.logits, src.acts
     else:
-        run = capture(target_model, target_tokens, hooks, logits, last, defer)
+        run = capture(target_model, target_tokens, hooks, logits, last, defer, mask)
         with torch.inference_mode():
             src_logits, src_cache = source_model.run_with_cache(
-                source_tokens.to(_device(source_model)), names_filter=lambda n: n in hooks
+                source_tokens.to(_device(source_model)),
+                names_filter=lambda n: n in hooks,
+                **_masked(mask, _device(source_model)),
             )
         device = run.tokens.device
         acts = {h: src_cache[h].to(device) for h in hooks}
@@ -271,6 +298,11 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
+def _masked(mask: Tensor | None, device: Any) -> dict[str, Any]:
+    """The forward's keyword for a padding mask (none without one)."""
+    return {} if mask is None else {"attention_mask": mask.to(device)}
+
+
 def denoise(model: Any, clean: Tokens, corrupted: Tokens, sites, metrics, **kw) -> pd.DataFrame:
     """Clean activations into the corrupted run: which sites restore the clean behaviour."""
     return patch(model, corrupted, model, clean, sites, metrics, **kw)
@@ -301,21 +333,29 @@ def patch_jointly(
     source_tokens: Tokens,
     sites: Iterable[Site],
     metric: Metric,
+    *,
+    attention_mask: Tensor | None = None,
 ) -> float:
-    """The metric (batch mean) with all ``sites`` patched at once: one full forward."""
+    """The metric (batch mean) with all ``sites`` patched at once: one full forward
+    (``attention_mask``: padded prompts, as in ``patch``)."""
     check_eval(target_model, source_model)
     check_prompts(target_tokens, source_tokens)
+    mask = check_mask(attention_mask, target_tokens)
     sites = _as_sites(sites, target_model, target_tokens.shape[1], True)
     hooks = sorted({s.hook for s in sites})
-    bound = _Bound(metric, target_tokens.shape[1])
-    bound.idx = list(range(len(bound.positions)))
+    bound = _Bound(metric, target_tokens.shape[1], mask)
+    bound.index(bound.positions)
     seen: dict[str, torch.Tensor] = {}
     readers = []
     if bound.reads != "logits":  # read the hook after the patches
         hook_layer(target_model, bound.reads)
         readers = [(bound.reads, lambda act, hook: seen.setdefault("act", act))]
     with torch.inference_mode():
-        _, cache = source_model.run_with_cache(source_tokens, names_filter=lambda n: n in hooks)
+        _, cache = source_model.run_with_cache(
+            source_tokens, names_filter=lambda n: n in hooks, **_masked(mask, _device(source_model))
+        )
         fwd_hooks = patching_hooks(sites, cache) + readers
-        logits = target_model.run_with_hooks(target_tokens, fwd_hooks=fwd_hooks)
+        logits = target_model.run_with_hooks(
+            target_tokens, fwd_hooks=fwd_hooks, **_masked(mask, _device(target_model))
+        )
         return bound(seen.get("act", logits)[:, bound.positions])
