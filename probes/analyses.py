@@ -8,7 +8,6 @@ gets back a tidy table.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,40 +15,58 @@ from typing import Any
 import pandas as pd
 import torch
 
-from lab.errors import LabError, close_matches
+from lab.errors import LabError
 from probes import causal_analyses as ca
 from probes import probe_analyses as pa
-from probes.sweep import Analysis, SweepContext
+from probes.sweep import Analysis, DatasetSource, SweepConfig, SweepContext
 
 __all__ = ["ANALYSES", "DATASET_SOURCES", "build_dataset"]
 
 
 # ---- dataset sources ----------------------------------------------------------------------
-def _path(ctx: SweepContext, spec: dict[str, Any]) -> Path:
+@dataclass(frozen=True)
+class FileData:
+    """A prompt file: ``jsonl`` (lab.prompts records) or ``text`` (one prompt per line)."""
+
+    source: str  # 'jsonl' or 'text'
+    path: str  # relative to the config file, or to the repository
+
+
+@dataclass(frozen=True)
+class OrganismData:
+    """World samples with exact targets (beliefs, next-token distributions, utility)."""
+
+    source: str  # 'organism'
+    n: int = 128  # sequences
+    length: int | None = None  # words per sequence (None: the organism's)
+    seed: int | None = None  # sampling seed (None: the [run] seed)
+    value_rollouts: int = 0  # RLHF rollouts per prefix for the tuned_value target (0: none)
+
+
+def find_file(config: SweepConfig, raw: str) -> Path:
+    """A dataset file named relative to the config file (or the working folder) or the repo."""
     from lab.checkpoints import data_dir
 
-    raw = Path(spec["path"])
-    for root in (ctx.config.path.parent if ctx.config.path else Path.cwd(), data_dir().parent):
-        if (root / raw).exists():
+    for root in (config.path.parent if config.path else Path.cwd(), data_dir().parent):
+        if (root / raw).is_file():
             return root / raw
     raise LabError(f"Dataset file {raw} not found (relative to the config or the repository).")
 
 
-def _jsonl(ctx: SweepContext, spec: dict[str, Any]):
+def _jsonl(ctx: SweepContext, spec: FileData):
     from lab.datasets import Dataset
 
-    return Dataset.from_jsonl(_path(ctx, spec), ctx.pair().tokenizer)
+    return Dataset.from_jsonl(find_file(ctx.config, spec.path), ctx.pair().tokenizer)
 
 
-def _text(ctx: SweepContext, spec: dict[str, Any]):
+def _text(ctx: SweepContext, spec: FileData):
     from lab.datasets import Dataset
 
-    return Dataset.from_text_file(_path(ctx, spec), ctx.pair().tokenizer)
+    return Dataset.from_text_file(find_file(ctx.config, spec.path), ctx.pair().tokenizer)
 
 
-def _organism(ctx: SweepContext, spec: dict[str, Any]):
-    """World samples with exact targets; keys ``n``, ``length``, ``seed`` and ``value_rollouts``
-    (rollouts of the RLHF policy per prefix for the ``tuned_value`` target; 0 leaves it out)."""
+def _organism_data(ctx: SweepContext, spec: OrganismData):
+    """World samples with exact targets, and the steering-like targets below."""
     from lab.checkpoints import organism_dir
     from lab.datasets import Dataset
     from lab.organism.evaluate import read_card
@@ -59,8 +76,8 @@ def _organism(ctx: SweepContext, spec: dict[str, Any]):
 
     card = read_card(organism_dir("rlhf"))
     world, labeler = HMM.from_dict(card["world"]), Labeler.from_dict(card["labeler"])
-    gen = torch.Generator().manual_seed(int(spec.get("seed", ctx.config.seed)))
-    sample = world.sample(int(spec.get("n", 128)), int(spec.get("length", card["length"])), gen)
+    gen = torch.Generator().manual_seed(spec.seed if spec.seed is not None else ctx.config.seed)
+    sample = world.sample(spec.n, spec.length or card["length"], gen)
     data = Dataset.from_organism(sample, labeler, name="organism")
     # steering-like targets: the labeler's utility still to come after each position (realised
     # along the world's text, and expected when the tuned policy writes the rest), and the exact
@@ -69,31 +86,37 @@ def _organism(ctx: SweepContext, spec: dict[str, Any]):
     beliefs = sample.forward.beliefs
     reach = reach_probability(world.transition, beliefs, world.scene_index("wedding"))
     extra = {"reward_to_go": to_go, "wedding_reach": reach}
-    rollouts = int(spec.get("value_rollouts", 0))  # > 0 adds tuned_value (costs rollouts)
-    if rollouts:
+    if spec.value_rollouts:  # > 0 adds tuned_value (costs rollouts)
         if (org := ctx.organism()) is None:
             raise LabError("value_rollouts needs the organism pair (its RLHF policy writes them).")
-        value, _ = policy_value(org.models["rlhf"], labeler, sample.tokens, rollouts, gen)
+        value, _ = policy_value(
+            org.models["rlhf"], labeler, sample.tokens, spec.value_rollouts, gen
+        )
         extra["tuned_value"] = value.float()
     return replace(data, targets={**data.targets, **extra})
 
 
-DATASET_SOURCES: dict[str, Callable[[SweepContext, dict[str, Any]], Any]] = {
-    "organism": _organism,
-    "jsonl": _jsonl,
-    "text": _text,
+def _organism_inputs(config: SweepConfig, spec: OrganismData) -> list[Path]:
+    from lab.checkpoints import organism_dir
+
+    return [organism_dir("rlhf") / "card.json"]  # the world and the labeler
+
+
+def _file_inputs(config: SweepConfig, spec: FileData) -> list[Path]:
+    return [find_file(config, spec.path)]
+
+
+DATASET_SOURCES: dict[str, DatasetSource] = {
+    "organism": DatasetSource(OrganismData, _organism_data, _organism_inputs),
+    "jsonl": DatasetSource(FileData, _jsonl, _file_inputs),
+    "text": DatasetSource(FileData, _text, _file_inputs),
 }
 
 
 def build_dataset(ctx: SweepContext, spec: dict[str, Any]):
-    """Build the dataset a config's ``[datasets.NAME]`` table describes."""
-    source = spec.get("source")
-    if source not in DATASET_SOURCES:
-        raise LabError(
-            f"Unknown dataset source {source!r}; valid: {', '.join(DATASET_SOURCES)}."
-            + close_matches(str(source), DATASET_SOURCES)
-        )
-    return DATASET_SOURCES[source](ctx, spec)
+    """Build the dataset a config's ``[datasets.NAME]`` table describes (validated on load)."""
+    source = DATASET_SOURCES[spec["source"]]
+    return source.build(ctx, source.params(**spec))
 
 
 # ---- analyses -------------------------------------------------------------------------------
@@ -194,9 +217,12 @@ ANALYSES: dict[str, Analysis] = {
     "reliability": Analysis(ReliabilityParams, _reliability),
     "calibrate": Analysis(CalibrateParams, _calibrate),
     "cache": Analysis(pa.CacheParams, pa.cache_job),
-    "probes": Analysis(pa.ProbesParams, pa.probes_job),
+    # probes read the store of this pair and dataset's cache job, unless they name a store
+    "probes": Analysis(
+        pa.ProbesParams, pa.probes_job, needs=lambda p: () if p.store else ("cache",)
+    ),
     "patching": Analysis(ca.PatchingParams, ca.patching_job),
     "classify": Analysis(ca.ClassifyParams, ca.classify_job),
-    "joint": Analysis(ca.JointParams, ca.joint_job),
-    "examples": Analysis(ca.ExamplesParams, ca.examples_job),
+    "joint": Analysis(ca.JointParams, ca.joint_job, needs=lambda p: ("classify",)),
+    "examples": Analysis(ca.ExamplesParams, ca.examples_job, needs=lambda p: ("classify",)),
 }

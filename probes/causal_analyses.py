@@ -61,7 +61,11 @@ def _tokens(ctx: SweepContext, n: int | None) -> torch.Tensor:
     return tokens[:, :shortest]
 
 
-def _metrics(ctx: SweepContext, tokens, attractor: list[str]) -> dict[str, Metric]:
+def _metrics(ctx: SweepContext, tokens, attractor: list[str] | None) -> dict[str, Metric]:
+    """KL to the base, and the attractor words' probability when there are any (``None``: the
+    wedding words on the organism, none on other pairs)."""
+    if attractor is None:
+        attractor = list(WEDDING) if ctx.organism() is not None else []
     pair = ctx.pair()
     pos = tuple(range(tokens.shape[1]))
     with torch.inference_mode():
@@ -78,7 +82,7 @@ class PatchingParams:
 
     sites: list[str] = field(default_factory=lambda: ["z", "mlp_out"])  # site kinds
     by_position: bool = False  # one patch per position (else all positions at once)
-    attractor: list[str] = field(default_factory=lambda: list(WEDDING))  # steering token set
+    attractor: list[str] | None = None  # steering words (None: wedding words on the organism)
     n_prompts: int | None = 64  # prompts used (None: all of the dataset)
 
 
@@ -110,7 +114,7 @@ class ClassifyParams:
     n_chunks: int = 8  # bootstrap chunks
     prediction_threshold: float = 0.02  # nats/token
     steering_threshold: float = 0.1  # share of the departure
-    attractor: list[str] = field(default_factory=lambda: list(WEDDING))  # steering token set
+    attractor: list[str] | None = None  # steering words (None: wedding words on the organism)
 
 
 def classify_job(ctx: SweepContext, p: ClassifyParams) -> pd.DataFrame:
@@ -127,13 +131,6 @@ def classify_job(ctx: SweepContext, p: ClassifyParams) -> pd.DataFrame:
     steering = {k: v for k, v in _metrics(ctx, tokens, p.attractor).items() if k != "kl_to_base"}
     raw = score_components(ctx.pair(), tokens, reference=reference, steering=steering, config=cfg)
     return classify(raw, cfg)
-
-
-def _done(ctx: SweepContext, kind: str) -> pd.DataFrame:
-    parts = sorted((ctx.out / "results" / kind).glob(f"{ctx.job.pair}-*.parquet"))
-    if not parts:
-        raise LabError(f"This analysis needs a {kind!r} analysis of the same pair before it.")
-    return pd.read_parquet(parts[-1])
 
 
 def _sites(table: pd.DataFrame) -> list[Site]:
@@ -153,7 +150,7 @@ class JointParams:
 def joint_job(ctx: SweepContext, p: JointParams) -> pd.DataFrame:
     from lab.metrics import scene_reach
 
-    scores = _done(ctx, "classify")
+    scores = ctx.needed("classify")
     top = top_steering(scores, n=p.top)
     names, sites, pair = top["component"].tolist(), _sites(top), ctx.pair()
     tokens = _tokens(ctx, p.n_prompts)
@@ -201,7 +198,7 @@ class ExamplesParams:
 @torch.inference_mode()
 def examples_job(ctx: SweepContext, p: ExamplesParams) -> pd.DataFrame:
     pair = ctx.pair()
-    scores = _done(ctx, "classify")
+    scores = ctx.needed("classify")
     top = top_steering(scores[scores.kind == "head"], n=p.heads)
     heads = top["component"].tolist()
     tokens = _tokens(ctx, 1)

@@ -22,8 +22,10 @@ __all__ = ["CacheParams", "ProbesParams", "cache_job", "probes_job", "store_path
 
 
 def store_path(ctx: SweepContext) -> Path:
-    """Where a pair's activations on a dataset are stored within the sweep's folder."""
-    return ctx.out / "stores" / f"{ctx.job.pair}-{ctx.job.dataset}"
+    """Where a cache job stores its activations: ``stores/<cache job id>`` in the sweep's folder,
+    for the cache job itself and for the probes that read it."""
+    job = ctx.job if ctx.job.kind == "cache" else ctx.needed_job("cache")
+    return ctx.out / "stores" / job.id
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,10 @@ def _open_checked(ctx: SweepContext, p: ProbesParams) -> Any:
     from lab.store import ActivationStore
 
     path = Path(p.store) if p.store else store_path(ctx)
-    if not path.exists():
+    if not path.exists():  # a named store that is not there
         raise LabError(
-            f"No store at {path}: add a 'cache' analysis of this pair and dataset "
-            "before the probes, or name a store folder."
+            f"No store at {path}: name a folder a 'cache' analysis wrote, or leave store out "
+            "to read this pair and dataset's cache job."
         )
     store = ActivationStore.open(path)
     pair = ctx.pair()

@@ -1,4 +1,4 @@
-"""Sweeps: a TOML config expands into jobs, each writing one tidy table; done jobs are skipped.
+"""Sweeps: a TOML config expands into a graph of jobs, each writing one tidy table.
 
 A config names pairs, datasets and analyses::
 
@@ -10,32 +10,26 @@ A config names pairs, datasets and analyses::
     tuned = "organism"
 
     [datasets.world]
-    source = "organism"              # see lab.datasets
+    source = "organism"              # a key of probes.analyses.DATASET_SOURCES
     n = 128
 
     [[analyses]]
-    kind = "probes"                  # a key of ANALYSES
+    kind = "probes"                  # a key of probes.analyses.ANALYSES
     pair = "organism"
     dataset = "world"
     ...                              # the analysis's own parameters
 
-Each analysis kind is a small strategy in ``probes.analyses.ANALYSES``: its
-parameters (a frozen dataclass, so unknown keys are refused by name) and a function from a
-``SweepContext`` and those parameters to a tidy ``DataFrame``. A job's table is written
-atomically to ``results/<kind>/<job>.parquet``; a crashed sweep run again skips finished jobs,
-so nothing finished is lost. At the end each analysis's jobs are concatenated into
-``<kind>.parquet`` next to ``config.toml`` and ``environment.json``.
+Each analysis kind is a small strategy in ``probes.analyses.ANALYSES``: its parameters (a frozen
+dataclass whose annotations type-check every TOML key before anything loads), the kinds whose
+results it reads (``probes.sweep_graph`` resolves each to one exact job), and a function from a
+``SweepContext`` and those parameters to a tidy ``DataFrame``. A job's id hashes everything its
+result depends on (``probes.sweep_identity``), so results of another config are never taken for
+this one's. ``probes.sweep_run`` runs the graph and keeps the top-level tables current.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import platform
-import shutil
-import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,49 +37,75 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from lab.errors import LabError, close_matches
+from probes.sweep_context import SweepContext
+from probes.sweep_graph import resolve_needs, topological_order
+from probes.sweep_identity import digest, identify
+from probes.sweep_schema import PairSpec, RunSpec, check_table
 
-__all__ = ["Analysis", "Job", "SweepConfig", "SweepContext", "load_config", "run"]
+__all__ = [
+    "Analysis",
+    "DatasetSource",
+    "Job",
+    "SweepConfig",
+    "SweepContext",
+    "load_config",
+    "plan",
+    "run",
+]
 
 _TOP_KEYS = ("run", "pairs", "datasets", "analyses")
-_RUN_KEYS = ("out", "seed", "device", "dtype")
+_OPT_INS = {"allow_pickle": "--allow-pickle", "trust_remote_code": "--trust-remote-code"}
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """One kind of analysis: its parameter class and the function that runs one job."""
+    """One kind of analysis: its parameter class, what it reads, and the function that runs it."""
 
     params: type  # a frozen dataclass; every TOML key of the analysis must be one of its fields
     run: Callable[[SweepContext, Any], pd.DataFrame]  # (context, params) -> tidy table
     needs_pair: bool = True  # whether a job names a pair (and usually a dataset)
+    needs: Callable[[Any], tuple[str, ...]] = lambda params: ()  # params -> kinds it reads
 
 
-def _analyses() -> dict[str, Analysis]:
-    from probes.analyses import ANALYSES
+@dataclass(frozen=True)
+class DatasetSource:
+    """One kind of dataset: its spec class, its builder and the files it reads."""
 
-    return ANALYSES
+    params: type  # a frozen dataclass of the [datasets.NAME] table's keys (source included)
+    build: Callable[[SweepContext, Any], Any]  # (context, spec) -> lab.datasets.Dataset
+    inputs: Callable[[SweepConfig, Any], list[Path]]  # files the dataset is made from
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The keys every ``[[analyses]]`` table may have besides the analysis's own parameters."""
+
+    kind: str  # a key of probes.analyses.ANALYSES
+    pair: str | None = None  # a name in [pairs]
+    dataset: str | None = None  # a name in [datasets]
+    name: str | None = None  # a name other analyses' use = {...} can pick this job by
+    use: dict[str, str] | None = None  # needed kind -> the name of the job that provides it
 
 
 @dataclass(frozen=True)
 class Job:
-    """One analysis on one pair and dataset, with its parameters."""
+    """One analysis on one pair and dataset, with its parameters and what its result depends on."""
 
     kind: str  # key of probes.analyses.ANALYSES
     pair: str | None  # name in the config's [pairs]
     dataset: str | None  # name in the config's [datasets]
     params: Any  # the analysis's parameter dataclass
+    index: int = 0  # position in the config's [[analyses]]
+    name: str | None = None  # the job's name, if the config gives one
+    use: dict[str, str] | None = field(default=None, hash=False)  # kind -> name of the provider
+    needs: dict[str, str] = field(default_factory=dict, hash=False)  # kind -> id of the provider
+    identity: dict[str, Any] = field(default_factory=dict, hash=False)  # what the result depends on
 
     @property
     def id(self) -> str:
-        blob = json.dumps(
-            [self.kind, self.pair, self.dataset, dataclasses.asdict(self.params)],
-            sort_keys=True,
-            default=str,
-        )
-        digest = hashlib.sha1(blob.encode()).hexdigest()[:10]
-        return f"{self.pair or 'all'}-{self.dataset or 'all'}-{digest}"
+        return f"{self.pair or 'all'}-{self.dataset or 'all'}-{digest(self.identity)}"
 
 
 @dataclass(frozen=True)
@@ -99,47 +119,95 @@ class SweepConfig:
     dtype: str | None  # model dtype (None: float32)
     pairs: dict[str, dict[str, Any]]  # name -> load_pair keyword arguments (base, tuned, ...)
     datasets: dict[str, dict[str, Any]]  # name -> dataset spec (source, ...)
-    jobs: list[Job]  # expanded, in config order
+    jobs: list[Job]  # expanded, in config order (jobs[i].index == i)
     raw: dict[str, Any] = field(repr=False)  # the config as read, written next to the results
+    order: list[int] = field(default_factory=list)  # job indices in dependency order
+
+    def job(self, job_id: str) -> Job:
+        """The job with this id."""
+        return next(j for j in self.jobs if j.id == job_id)
 
 
-def _unknown(what: str, keys, valid) -> None:
-    bad = sorted(set(keys) - set(valid))
-    if bad:
-        hint = close_matches(bad[0], valid)
+def _analyses() -> dict[str, Analysis]:
+    from probes.analyses import ANALYSES
+
+    return ANALYSES
+
+
+def _sources() -> dict[str, DatasetSource]:
+    from probes.analyses import DATASET_SOURCES
+
+    return DATASET_SOURCES
+
+
+def _refuse_unknown(where: str, what: str, name: Any, valid) -> None:
+    if not isinstance(name, str) or name not in valid:
         raise LabError(
-            f"Unknown {what}: {', '.join(bad)}. Valid: {', '.join(sorted(valid))}.{hint}"
+            f"{where}: unknown {what} {name!r}. Valid: {', '.join(sorted(valid))}."
+            + close_matches(str(name), valid)
         )
 
 
-def _job(i: int, spec: dict[str, Any], pairs, datasets) -> Job:
+def _check_pairs(pairs: Any, allow: dict[str, bool]) -> None:
+    check_table("[pairs]", pairs, dict)  # a table (of tables)
+    for name, spec in pairs.items():
+        check_table(f"[pairs.{name}]", spec, PairSpec)
+        if spec.get("tuned") is None and spec["base"] != "organism":
+            raise LabError(f"[pairs.{name}] lacks the key 'tuned'; add tuned = ... to it.")
+        for key, flag in _OPT_INS.items():
+            if spec.get(key) and not allow[key]:
+                raise LabError(
+                    f"[pairs.{name}] sets {key} = true, and a config cannot opt in by itself: "
+                    f"run lab sweep with {flag} as well (or remove the key)."
+                )
+
+
+def _check_datasets(datasets: Any) -> None:
+    check_table("[datasets]", datasets, dict)
+    for name, spec in datasets.items():
+        check_table(f"[datasets.{name}]", spec, dict)
+        _refuse_unknown(f"[datasets.{name}]", "source", spec.get("source"), _sources())
+        check_table(f"[datasets.{name}]", spec, _sources()[spec["source"]].params)
+
+
+def _job(i: int, spec: Any, pairs, datasets) -> Job:
+    where = f"analyses[{i}]"
+    check_table(where, spec, dict)
     analyses = _analyses()
-    spec = dict(spec)
-    kind = spec.pop("kind", None)
-    if kind not in analyses:
-        raise LabError(
-            f"analyses[{i}]: unknown kind {kind!r}. Valid analyses: {', '.join(sorted(analyses))}."
-            + close_matches(str(kind), analyses)
-        )
-    analysis = analyses[kind]
-    pair, dataset = spec.pop("pair", None), spec.pop("dataset", None)
+    _refuse_unknown(where, "kind", spec.get("kind"), analyses)
+    kind = spec["kind"]
+    analysis, common = analyses[kind], [f.name for f in dataclasses.fields(JobSpec)]
+    where = f"{where} ({kind})"
+    check_table(where, {k: v for k, v in spec.items() if k in common}, JobSpec)
+    own = {k: v for k, v in spec.items() if k not in common}
+    check_table(where, own, analysis.params, extra=tuple(common))
+    pair, dataset = spec.get("pair"), spec.get("dataset")
     if analysis.needs_pair and pair not in pairs:
-        raise LabError(f"analyses[{i}] ({kind}) names pair {pair!r}; defined: {sorted(pairs)}.")
+        raise LabError(f"{where} names pair {pair!r}; defined: {sorted(pairs)}.")
     if dataset is not None and dataset not in datasets:
-        raise LabError(
-            f"analyses[{i}] ({kind}) names dataset {dataset!r}; defined: {sorted(datasets)}."
-        )
-    fields = [f.name for f in dataclasses.fields(analysis.params)]
-    _unknown(f"keys in analyses[{i}] ({kind})", spec, [*fields, "kind", "pair", "dataset"])
+        raise LabError(f"{where} names dataset {dataset!r}; defined: {sorted(datasets)}.")
     try:
-        params = analysis.params(**spec)
+        params = analysis.params(**own)
     except (TypeError, ValueError) as e:
-        raise LabError(f"analyses[{i}] ({kind}): {e}") from e
-    return Job(kind, pair, dataset, params)
+        raise LabError(f"{where}: {e}") from e
+    return Job(kind, pair, dataset, params, i, spec.get("name"), spec.get("use"))
 
 
-def load_config(source: str | Path | dict[str, Any], *, out: str | Path | None = None):
-    """Parse and validate a sweep config (a TOML path or a dict) into a ``SweepConfig``."""
+def load_config(
+    source: str | Path | dict[str, Any],
+    *,
+    out: str | Path | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> SweepConfig:
+    """Parse and validate a sweep config (a TOML path or a dict) into a ``SweepConfig``.
+
+    Every table is type-checked and every need resolved before anything loads. A pair may set
+    ``allow_pickle`` or ``trust_remote_code`` only when the caller allows it as well (the CLI's
+    ``--allow-pickle`` and ``--trust-remote-code``): a config cannot opt in by itself.
+    """
+    from lab.runtime import resolve_dtype
+
     path = None
     if isinstance(source, dict):
         raw = source
@@ -149,129 +217,64 @@ def load_config(source: str | Path | dict[str, Any], *, out: str | Path | None =
             raise LabError(f"No sweep config at {path}; see data/sweeps/ for examples.")
         try:
             raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise LabError(f"{path} is not valid TOML: {e}") from e
-    _unknown("top-level sections", raw, _TOP_KEYS)
+    check_table("The config", raw, dict)
+    bad = sorted(set(raw) - set(_TOP_KEYS))
+    if bad:
+        raise LabError(
+            f"Unknown top-level sections: {', '.join(bad)}. Valid: {', '.join(sorted(_TOP_KEYS))}."
+            + close_matches(bad[0], _TOP_KEYS)
+        )
     run_cfg = raw.get("run", {})
-    _unknown("keys in [run]", run_cfg, _RUN_KEYS)
+    check_table("[run]", run_cfg, RunSpec)
     pairs, datasets = raw.get("pairs", {}), raw.get("datasets", {})
-    jobs = [_job(i, spec, pairs, datasets) for i, spec in enumerate(raw.get("analyses", []))]
+    _check_pairs(pairs, {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code})
+    _check_datasets(datasets)
+    for dtype in [run_cfg.get("dtype"), *(p.get("dtype") for p in pairs.values())]:
+        resolve_dtype(dtype)
+    specs = raw.get("analyses", [])
+    if not isinstance(specs, list):
+        raise LabError("analyses must be a list of tables: write each one as [[analyses]].")
+    jobs = [_job(i, spec, pairs, datasets) for i, spec in enumerate(specs)]
     if not jobs:
         raise LabError("The config has no [[analyses]]; add at least one.")
+    deps = resolve_needs(jobs, [_analyses()[j.kind].needs(j.params) for j in jobs])
     root = path.parent if path else Path.cwd()
-    out_dir = Path(out) if out else root / run_cfg.get("out", "runs/sweep")
-    return SweepConfig(
+    config = SweepConfig(
         path=path,
-        out=out_dir,
-        seed=int(run_cfg.get("seed", 0)),
+        out=Path(out) if out else root / run_cfg.get("out", RunSpec.out),
+        seed=run_cfg.get("seed", RunSpec.seed),
         device=run_cfg.get("device"),
         dtype=run_cfg.get("dtype"),
         pairs=pairs,
         datasets=datasets,
         jobs=jobs,
         raw=raw,
+        order=topological_order(jobs, deps),
     )
+    return dataclasses.replace(config, jobs=identify(config, deps))
 
 
-class SweepContext:
-    """What a running job can ask for; pairs, datasets and the organism load once per sweep."""
+def run(
+    source: str | Path | dict | SweepConfig,
+    *,
+    out: str | Path | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Run every job not yet done, in dependency order; return the output folder."""
+    from probes.sweep_run import run_sweep
 
-    def __init__(self, config: SweepConfig, job: Job | None = None, cache=None):
-        self.config, self.job = config, job
-        self._cache: dict[tuple, Any] = {} if cache is None else cache
-
-    def for_job(self, job: Job) -> SweepContext:
-        return SweepContext(self.config, job, self._cache)
-
-    @property
-    def out(self) -> Path:
-        return self.config.out
-
-    def _get(self, key: tuple, make: Callable[[], Any]) -> Any:
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
-
-    def pair(self, name: str | None = None) -> Any:
-        """The loaded ``ModelPair`` named ``name`` (default: the job's)."""
-        from lab.models import load_pair
-
-        name = name or self.job.pair
-        spec = dict(self.config.pairs[name])
-        spec.setdefault("device", self.config.device)
-        spec.setdefault("dtype", self.config.dtype)
-        return self._get(
-            ("pair", name), lambda: load_pair(spec.pop("base"), spec.pop("tuned", None), **spec)
+    if not isinstance(source, SweepConfig):
+        source = load_config(
+            source, out=out, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
         )
-
-    def organism(self) -> Any | None:
-        """The shipped organism (world, labeler, pi*) when the job's pair is the organism."""
-        from lab.checkpoints import data_dir
-        from lab.organism.evaluate import load_organism
-
-        spec = self.config.pairs[self.job.pair]
-        names = {str(spec.get("base")), str(spec.get("tuned", spec.get("base")))}
-        if not all(n == "organism" or n.startswith("organism/") for n in names):
-            return None
-        return self._get(("organism",), lambda: load_organism(data_dir() / "organism"))
-
-    def dataset(self, name: str | None = None) -> Any:
-        """The dataset named ``name`` (default: the job's), built by ``probes.analyses``."""
-        from probes.analyses import build_dataset
-
-        name = name or self.job.dataset
-        if name is None:
-            raise LabError(f"The {self.job.kind!r} analysis needs a dataset: add dataset = NAME.")
-        return self._get(("dataset", name), lambda: build_dataset(self, self.config.datasets[name]))
+    return run_sweep(source)
 
 
-def _environment() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
+def plan(source: str | Path | dict | SweepConfig, **load: Any) -> str:
+    """The job graph in run order, each job done, to do, or stale (``lab sweep --plan``)."""
+    from probes.sweep_run import plan_text
 
-    def v(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    libs = ("steerlab", "torch", "transformer-lens", "transformers", "numpy", "pandas")
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "argv": sys.argv,
-        "versions": {name: v(name) for name in libs},
-    }
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def run(source: str | Path | dict | SweepConfig, *, out: str | Path | None = None) -> Path:
-    """Run every job not yet done; return the output folder (results per analysis inside)."""
-    config = source if isinstance(source, SweepConfig) else load_config(source, out=out)
-    config.out.mkdir(parents=True, exist_ok=True)
-    if config.path is not None:
-        shutil.copyfile(config.path, config.out / "config.toml")
-    else:
-        (config.out / "config.json").write_text(json.dumps(config.raw, indent=2, default=str))
-    (config.out / "environment.json").write_text(json.dumps(_environment(), indent=2))
-    ctx = SweepContext(config)
-    todo = [
-        j for j in config.jobs if not (config.out / "results" / j.kind / f"{j.id}.parquet").exists()
-    ]
-    for job in tqdm(todo, desc="sweep", unit="job", disable=not todo):
-        table = _analyses()[job.kind].run(ctx.for_job(job), job.params)
-        table = table.assign(job=job.id, pair=job.pair, dataset=job.dataset)
-        _write_parquet(table, config.out / "results" / job.kind / f"{job.id}.parquet")
-    for kind in sorted({j.kind for j in config.jobs}):
-        parts = [
-            pd.read_parquet(config.out / "results" / kind / f"{j.id}.parquet")
-            for j in config.jobs
-            if j.kind == kind
-        ]
-        _write_parquet(pd.concat(parts, ignore_index=True), config.out / f"{kind}.parquet")
-    return config.out
+    return plan_text(source if isinstance(source, SweepConfig) else load_config(source, **load))

@@ -72,7 +72,7 @@ def test_probes_refuse_a_store_built_from_other_models(pair_dirs, tmp_path):
         "analyses": [{"kind": "cache", "pair": "tiny", "dataset": "prompts"}],
     }
     out = sweep.run(config)
-    store = out / "stores" / "tiny-prompts"
+    store = pd.read_parquet(out / "cache.parquet")["store"].iloc[0]
     config["analyses"] = [
         {
             "kind": "probes",
