@@ -15,11 +15,25 @@ __all__ = ["demo", "report", "run_summary", "sweep"]
 def sweep(
     config: Path = typer.Argument(..., help="A sweep config (TOML); see data/sweeps/."),
     out: Path = typer.Option(None, help="Output folder (default: the config's [run] out)."),
+    plan: bool = typer.Option(False, help="Print the job graph and what is done; run nothing."),
+    allow_pickle: bool = typer.Option(
+        False, help="Let pairs whose config table sets allow_pickle load pickle weights."
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, help="Let pairs whose config table sets trust_remote_code run their code."
+    ),
 ) -> None:
-    """Run a sweep: every job not done yet; rerun after a crash to finish it."""
-    from probes.sweep import run
+    """Run a sweep: every job not done yet, in dependency order; rerun after a crash to finish."""
+    from probes.sweep import load_config, run
+    from probes.sweep import plan as job_graph
 
-    folder = run(config, out=out)
+    loaded = load_config(
+        config, out=out, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+    )
+    if plan:
+        typer.echo(job_graph(loaded))
+        return
+    folder = run(loaded)
     typer.echo(f"results in {folder}")
 
 
@@ -44,6 +58,7 @@ def report(
             f"{len(result.circuitsvis_ids)} circuitsvis elements rendered, "
             f"{result.n_figures} figures; screenshot {result.screenshot}"
         )
+        result.require_ok(path)  # a page that failed the check exits non-zero
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
