@@ -14,7 +14,13 @@ import pandas as pd
 import torch
 
 from lab.errors import LabError
-from probes.classify import ClassifyConfig, classify, component_site, score_components
+from probes.classify import (
+    ClassifyConfig,
+    classify,
+    component_site,
+    departure,
+    score_components,
+)
 from probes.metrics import KLMetric, Metric, TokenSetProb
 from probes.migration import top_steering
 from probes.patching import PatchConfig, cross_model, patch_jointly
@@ -103,7 +109,9 @@ def patching_job(ctx: SweepContext, p: PatchingParams) -> pd.DataFrame:
                 config=PatchConfig(progress=False),
             )
             parts.append(t.assign(into=into, metric=t.metric.map(names)))
-    return pd.concat(parts, ignore_index=True)
+    # each metric's departure with its interval, so the report can flag shares of noise
+    gaps = departure(ctx.pair(), tokens, metrics, seed=ctx.config.seed)
+    return pd.concat(parts, ignore_index=True).merge(gaps, on=["metric", "into"], how="left")
 
 
 @dataclass(frozen=True)

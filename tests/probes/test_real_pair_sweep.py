@@ -22,6 +22,9 @@ def test_real_pair_config_runs_offline(arch, pair_dirs, tmp_path):
     out = sweep.run(config, out=tmp_path / "run")
     for kind in ("weights", "calibrate", "patching", "classify", "joint", "examples"):
         assert (out / f"{kind}.parquet").exists(), kind
+    patching = pd.read_parquet(out / "patching.parquet")
+    assert patching.gap.notna().all()  # every share carries its departure's interval
+    assert ((patching.gap_lo <= patching.gap) & (patching.gap <= patching.gap_hi)).all()
     classify = pd.read_parquet(out / "classify.parquet")
     assert set(classify.model) == {"base", "tuned"} and len(classify.component.unique()) == 10
     joint = pd.read_parquet(out / "joint.parquet").set_index("metric")["value"]
