@@ -62,6 +62,18 @@ class Batch:
         return {} if bool(self.attention_mask.all()) else {"attention_mask": self.attention_mask}
 
 
+def _read_text(path: Path) -> str:
+    """A data file's text; a LabError naming the file, line and byte when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise LabError(
+            f"{path}:{line} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+            f"{e.start}); save the file as UTF-8 (e.g. iconv -t UTF-8)."
+        ) from e
+
+
 def _as_labels(labels: dict[str, Sequence[Any]] | None, n: int) -> dict[str, list]:
     out = {k: list(v) for k, v in (labels or {}).items()}
     for k, v in out.items():
@@ -159,7 +171,7 @@ class Dataset:
         if not path.is_file():
             raise LabError(f"No prompt file at {path}; give a .jsonl file with one object a line.")
         rows = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
+        for i, line in enumerate(_read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -186,7 +198,7 @@ class Dataset:
         path = Path(path)
         if not path.is_file():
             raise LabError(f"No text file at {path}.")
-        ids = tokenizer(path.read_text(), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(_read_text(path), add_special_tokens=False)["input_ids"]
         bos = [tokenizer.bos_token_id] if prepend_bos and tokenizer.bos_token_id is not None else []
         step = seq_len - len(bos)
         if step < 1 or not ids:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from lab.errors import LabError
+from lab.runtime import resolve_device
 
 __all__ = ["available_memory", "check_fits", "count_parameters"]
 
@@ -38,6 +39,7 @@ def count_parameters(folder: str | Path) -> int | None:
 def available_memory(device: torch.device) -> int:
     """Free bytes on ``device``: CUDA's free memory, or the host's MemAvailable."""
     if device.type == "cuda":
+        resolve_device(device)  # a one-line refusal when there is no such CUDA device
         return torch.cuda.mem_get_info(device)[0]
     try:
         with open("/proc/meminfo") as fh:

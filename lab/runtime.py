@@ -9,7 +9,13 @@ import os
 
 import torch
 
-__all__ = ["configure_threads", "default_device", "resolve_dtype"]
+__all__ = [
+    "configure_threads",
+    "default_device",
+    "parse_device",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -24,6 +30,45 @@ _DTYPES = {
 def default_device() -> torch.device:
     """CUDA when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """A torch device from its name; a LabError naming it when it is not one."""
+    from lab.errors import LabError
+
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise LabError(f"Unknown device {device!r} (--device); use cpu, cuda or cuda:N.") from e
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to compute on: ``device`` (None: CUDA when there is one, else the CPU).
+
+    Refuses, in one line naming it, a device that this machine or torch build does not have.
+    """
+    from lab.errors import LabError
+
+    if device is None:
+        return default_device()
+    dev = parse_device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"this torch build ({torch.__version__}) has no CUDA"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+            )
+            raise LabError(f"Device {str(dev)!r} (--device) was asked but {why}; use cpu.")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise LabError(
+                f"Device {str(dev)!r} (--device) was asked but there are {n} CUDA devices "
+                f"(cuda:0 to cuda:{n - 1})."
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise LabError(f"Device {str(dev)!r} (--device) was asked but MPS is unavailable; use cpu.")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

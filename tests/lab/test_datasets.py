@@ -125,3 +125,16 @@ def test_fingerprint_tracks_content():
     assert a.fingerprint() == Dataset.from_tokens(SEQS).fingerprint()
     assert a.fingerprint() != Dataset.from_tokens([[5, 6, 7], [8, 9]]).fingerprint()
     assert a.fingerprint() != a.last_token_only().fingerprint()
+
+
+def test_non_utf8_data_file_is_named(tmp_path):
+    tok = make_tokenizer()
+    latin = "caf\u00e9 ou th\u00e9".encode("latin-1")  # \xe9: not UTF-8
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_bytes(b'{"text": "heads"}\n{"text": "' + latin + b'"}\n')
+    with pytest.raises(LabError, match=r"prompts.jsonl:2 is not UTF-8 text \(byte 0xe9 at offset"):
+        Dataset.from_jsonl(jsonl, tok)
+    text = tmp_path / "story.txt"
+    text.write_bytes(b"once upon a time\n" + latin)
+    with pytest.raises(LabError, match=r"story.txt:2 is not UTF-8 text .*save the file as UTF-8"):
+        Dataset.from_text_file(text, tok, seq_len=8)
