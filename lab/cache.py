@@ -7,14 +7,22 @@ asynchronous); after the last requested hook it raises a private exception, so n
 runs (no final norm or unembedding unless asked for). A writer thread turns filled buffers into
 shards while the next batch computes. A fixed pool of buffers bounds memory: when the disk falls
 behind, compute waits for a free buffer, so memory depends on the batch, never on the dataset.
+
+Every option is checked before anything is written (a refused run leaves no manifest behind).
+The writer records each shard's size and SHA-256 as it writes it (``lab.store``); a resume checks
+every present shard against its record and recomputes the missing and the damaged ones. Ctrl-C
+stops after the shards already computed are written and raises ``CacheInterrupted`` (a
+``KeyboardInterrupt``) saying what was kept.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import queue
 import shutil
+import sys
 import threading
 from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager, suppress
@@ -31,25 +39,79 @@ from tqdm.auto import tqdm
 from lab.datasets import Batch, Dataset, Padding
 from lab.errors import LabError
 from lab.hooks import HookPlan, plan_hooks
-from lab.runtime import resolve_dtype
-from lab.shards import write_shard
+from lab.runtime import parse_device, resolve_dtype
+from lab.shards import ShardRecord, file_sha256, write_shard
 from lab.store import (
     FORMAT,
+    JOURNAL,
     ActivationStore,
+    append_record,
     complete_shards,
     identity_diff,
+    model_location,
     read_manifest,
+    scan_shards,
     shard_path,
+    shard_records,
     write_manifest,
 )
 
-__all__ = ["cache_pair", "weights_fingerprint"]
+__all__ = ["CacheInterrupted", "cache_pair", "check_options", "weights_fingerprint"]
+
+PADDING_SIDES = ("left", "right")
 
 _PACKAGES = ("torch", "transformers", "transformer-lens", "safetensors", "steerlab")
 
 
 class _Stop(Exception):
     """Raised by the last requested hook: the rest of the forward is not needed."""
+
+
+class CacheInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``cache_pair``: the shards computed so far were written; resume finishes."""
+
+    def __init__(self, root: Path, kept: int, total: int) -> None:
+        self.root, self.kept, self.total = root, kept, total  # the store, shards present, planned
+        super().__init__(
+            f"Interrupted: {root} keeps {kept} of {total} shards and opens as is; rerun with "
+            "resume=True (--resume) to finish it."
+        )
+
+
+def _whole(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _check_out(root: Path) -> None:
+    """Refuse an ``out`` that is a file or that cannot be written, before writing anything."""
+    if root.exists() and not root.is_dir():
+        raise LabError(f"out={str(root)!r} (--out) is a file, not a folder; give a store folder.")
+    parent = root
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LabError(f"out={str(root)!r} (--out) lies under {parent}, which is a file.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LabError(
+            f"Cannot write to {parent} (no write permission, or a read-only disk); give an "
+            "out (--out) folder you can write to."
+        )
+
+
+def check_options(
+    *, batch_size: Any, padding_side: Any, queue_depth: Any = 2, out: str | Path | None = None
+) -> None:
+    """Refuse a bad caching option, naming it, before anything is loaded or written."""
+    if not _whole(batch_size, 1):
+        raise LabError(f"batch_size (--batch-size) must be a whole number >= 1; got {batch_size!r}")
+    if padding_side not in PADDING_SIDES:
+        raise LabError(
+            f"padding_side (--padding-side) must be 'left' or 'right'; got {padding_side!r}."
+        )
+    if not _whole(queue_depth, 0):
+        raise LabError(f"queue_depth must be a whole number >= 0; got {queue_depth!r}.")
+    if out is not None:
+        _check_out(Path(out))
 
 
 @dataclass(frozen=True)
@@ -94,7 +156,11 @@ def _manifest(pair, dataset: Dataset, plan: HookPlan, dtype, batch_size, padding
     return {
         "format": FORMAT,
         "models": {
-            role: {"source": pair.sources.get(role, role), "fingerprint": weights_fingerprint(m)}
+            role: {
+                "source": pair.sources.get(role, role),
+                "location": model_location(pair.sources.get(role, role)),
+                "fingerprint": weights_fingerprint(m),
+            }
             for role, m in pair.models.items()
         },
         "hooks": list(plan.names),
@@ -117,15 +183,28 @@ def _manifest(pair, dataset: Dataset, plan: HookPlan, dtype, batch_size, padding
     }
 
 
-def _prepare(root: Path, manifest: dict, resume: bool) -> int:
-    """Create or reopen ``root``; return the first shard to write."""
-    root.mkdir(parents=True, exist_ok=True)
-    old = read_manifest(root)
-    if old is None:
-        if any(root.iterdir()):
-            raise LabError(f"{root} is not empty and holds no store; give an empty or new folder.")
-        write_manifest(root, manifest)
-        return 0
+def _unwritable(root: Path, e: OSError) -> LabError:
+    return LabError(
+        f"Cannot write the store to {root} ({e.strerror or e}); give an out (--out) folder you "
+        "can write to."
+    )
+
+
+def _prepare(root: Path, manifest: dict, resume: bool) -> list[int]:
+    """Create or reopen ``root``; return the shards to write (missing or damaged ones)."""
+    total = manifest["n_shards"]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        old = read_manifest(root)
+        if old is None:
+            if any(root.iterdir()):
+                raise LabError(
+                    f"{root} is not empty and holds no store; give an empty or new folder."
+                )
+            write_manifest(root, manifest)
+            return list(range(total))
+    except OSError as e:
+        raise _unwritable(root, e) from e
     differ = identity_diff(old, manifest)
     if differ:
         raise LabError(
@@ -140,7 +219,18 @@ def _prepare(root: Path, manifest: dict, resume: bool) -> int:
         )
     for p in root.glob(".*.tmp"):
         p.unlink()  # half-written shards of a killed run
-    return done
+    good, damaged = scan_shards(root, old, checksum=True)
+    records = shard_records(root, old)
+    for i in good:
+        if i not in records:  # written just before a kill, or by an older version: record it
+            path = shard_path(root, i)
+            append_record(root, i, ShardRecord(path.stat().st_size, file_sha256(path)))
+    for i, problem in damaged.items():
+        print(f"recomputing {shard_path(root, i).name}: {problem}", file=sys.stderr)
+    todo = sorted(set(range(total)) - set(good))
+    if todo and old.get("complete"):
+        write_manifest(root, old | {"complete": False})
+    return todo
 
 
 def _host_slot(plan: HookPlan, roles, max_rows: int, dtype, pin: bool) -> dict[str, Tensor]:
@@ -193,7 +283,6 @@ class _Writer(threading.Thread):
         self.root, self.pool = root, pool
         self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
-        self.written = 0
 
     def run(self) -> None:
         while (job := self.jobs.get()) is not None:
@@ -203,8 +292,8 @@ class _Writer(threading.Thread):
                         job.done.synchronize()
                     tensors = {k: v[: job.rows] for k, v in job.slot.items()} | job.extra
                     path = shard_path(self.root, job.index)
-                    write_shard(path, tensors, {"rows": str(job.rows), "batch": str(job.index)})
-                    self.written = job.index + 1
+                    meta = {"rows": str(job.rows), "batch": str(job.index)}
+                    append_record(self.root, job.index, write_shard(path, tensors, meta))
             except BaseException as e:  # reported by the compute loop
                 self.error = e
             finally:
@@ -212,16 +301,29 @@ class _Writer(threading.Thread):
 
 
 def _disk_error(e: OSError, root: Path, done: int, total: int) -> LabError:
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return _unwritable(root, e)
     what = "The disk is full" if e.errno == errno.ENOSPC else f"Writing failed ({e})"
+    kept = f"shards 0..{done - 1}" if done else "no shards yet"
     return LabError(
-        f"{what} while writing shard {done} to {root}. The store keeps shards 0..{done - 1} "
-        f"of {total} and opens as is; free space and rerun with resume=True (--resume)."
+        f"{what} while writing shard {done} to {root}. The store keeps {kept} of {total} and "
+        "opens as is; free space and rerun with resume=True (--resume)."
     )
 
 
-def _check_space(root: Path, dataset: Dataset, plan: HookPlan, done_seqs: int, dtype) -> None:
-    """Refuse to start when the rest of the store cannot fit on the disk."""
-    rows = int(dataset.select[done_seqs:].sum())
+def _batch_rows(dataset: Dataset, batch_size: int) -> list[int]:
+    """Token rows of each batch (= shard) of ``batch_size`` sequences."""
+    per = dataset.select.sum(1)
+    per = torch.cat([per, per.new_zeros(-len(per) % batch_size)])
+    return per.view(-1, batch_size).sum(1).tolist()
+
+
+def _present(root: Path, total: int) -> int:
+    return sum(shard_path(root, i).exists() for i in range(total))
+
+
+def _check_space(root: Path, plan: HookPlan, rows: int, dtype) -> None:
+    """Refuse to start when the rest of the store (``rows`` token rows) cannot fit on the disk."""
     need = 2 * rows * plan.row_bytes(torch.empty((), dtype=dtype).element_size())
     free = shutil.disk_usage(root).free
     if need > free:
@@ -253,9 +355,12 @@ def cache_pair(
     (default: the models' own; ``float16``/``bfloat16`` halve the store). ``resume``: continue
     an interrupted run into the same ``out`` from its first missing shard. ``queue_depth``:
     shards waiting for the disk; host memory holds ``queue_depth + 1`` batches of activations.
-    Returns the opened store.
+    Returns the opened store. Every option is checked before anything is written.
     """
-    have, want = pair.device, torch.device(device or pair.device)
+    check_options(
+        batch_size=batch_size, padding_side=padding_side, queue_depth=queue_depth, out=out
+    )
+    have, want = pair.device, parse_device(device or pair.device)
     if want.type != have.type or want.index not in (None, have.index):
         raise LabError(
             f"The pair is on {have} but device={str(want)!r} was asked; load it there "
@@ -268,12 +373,13 @@ def cache_pair(
     plan = plan_hooks(pair.base, hooks)
     manifest = _manifest(pair, dataset, plan, dtype, batch_size, padding_side)
     root = Path(out)
-    try:
-        first = _prepare(root, manifest, resume)
-    except OSError as e:
-        raise _disk_error(e, root, 0, manifest["n_shards"]) from e
     total = manifest["n_shards"]
-    _check_space(root, dataset, plan, first * batch_size, dtype)
+    try:
+        todo = _prepare(root, manifest, resume)
+    except OSError as e:
+        raise _disk_error(e, root, 0, total) from e
+    rows = _batch_rows(dataset, batch_size)
+    _check_space(root, plan, sum(rows[i] for i in todo), dtype)
     cuda = pair.device.type == "cuda"
     max_rows = min(batch_size, len(dataset)) * dataset.max_len
     pool: queue.Queue = queue.Queue()
@@ -281,7 +387,8 @@ def cache_pair(
         pool.put(_host_slot(plan, pair.models, max_rows, dtype, pin=cuda))
     writer = _Writer(root, pool, queue_depth)
     writer.start()
-    done_tokens = int(dataset.select[: first * batch_size].sum())
+    done_tokens = dataset.n_tokens - sum(rows[i] for i in todo)
+    interrupted = False
     bar = tqdm(
         total=dataset.n_tokens,
         initial=done_tokens,
@@ -291,7 +398,7 @@ def cache_pair(
     )
     try:
         with torch.inference_mode(), _Capture(plan, dtype).attached(pair.models) as capture:
-            for i in range(first, total):
+            for i in todo:
                 batch = dataset.batch(i * batch_size, (i + 1) * batch_size, padding_side)
                 slot = pool.get()
                 if writer.error is not None:
@@ -305,16 +412,23 @@ def cache_pair(
                 extra |= {f"target/{k}": t.contiguous() for k, t in batch.targets.items()}
                 writer.jobs.put(_Job(i, slot, batch.n_rows, extra, event))
                 bar.update(batch.n_rows)
+    except KeyboardInterrupt:
+        interrupted = True  # the batches already computed are still written, below
     finally:
         writer.jobs.put(None)
         writer.join()
         bar.close()
+    if interrupted:
+        raise CacheInterrupted(root, _present(root, total), total) from None
     if writer.error is not None:
         e = writer.error
         if isinstance(e, OSError):
             raise _disk_error(e, root, complete_shards(root), total) from e
         raise e
-    write_manifest(root, manifest | {"complete": True, "finished": _now()})
+    records = shard_records(root, read_manifest(root) or manifest)
+    shards = [{"bytes": records[i].bytes, "sha256": records[i].sha256} for i in range(total)]
+    write_manifest(root, manifest | {"complete": True, "finished": _now(), "shards": shards})
+    (root / JOURNAL).unlink(missing_ok=True)  # folded into the manifest
     return ActivationStore.open(root)
 
 

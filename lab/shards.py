@@ -9,10 +9,16 @@ pages it touches.
 
 Atomicity: a shard is written to a hidden ``.tmp`` name, flushed, fsynced, then renamed into
 place, so a shard file exists complete or not at all, whatever kills the writer.
+
+Integrity: writing returns the shard's size and SHA-256 (hashed from the same buffers as they are
+written, so no second read), which the store records. ``shard_problem`` checks a shard file
+against its header (the size the header implies: catches truncation with no record at all) and
+against a record (size always; the checksum when asked, since that reads the whole file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -23,7 +29,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["ShardReader", "write_shard"]
+from lab.errors import LabError
+
+__all__ = ["ShardReader", "ShardRecord", "file_sha256", "shard_problem", "write_shard"]
 
 _CODES = {
     torch.float32: "F32",
@@ -40,8 +48,16 @@ _CODES = {
 _DTYPES = {code: dtype for dtype, code in _CODES.items()}
 
 
-def write_shard(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> int:
-    """Write ``tensors`` (CPU) to ``path`` atomically; return the bytes written."""
+@dataclass(frozen=True)
+class ShardRecord:
+    """What a shard file must be: recorded when written, checked when opened or resumed."""
+
+    bytes: int  # file size
+    sha256: str  # hex SHA-256 of the whole file
+
+
+def write_shard(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> ShardRecord:
+    """Write ``tensors`` (CPU) to ``path`` atomically; return its size and checksum."""
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
     names = sorted(tensors)
@@ -57,21 +73,74 @@ def write_shard(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
     tmp = path.with_name(f".{path.name}.tmp")
+    digest = hashlib.sha256()
     try:
         with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
+            for chunk in (struct.pack("<Q", len(raw)), raw):
+                f.write(chunk)
+                digest.update(chunk)
             for name in names:
                 t = tensors[name].contiguous()
                 if t.numel():
-                    f.write(memoryview(t.view(-1).view(torch.uint8).numpy()))
+                    data = memoryview(t.view(-1).view(torch.uint8).numpy())
+                    f.write(data)
+                    digest.update(data)  # releases the GIL: the compute thread runs on
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return 8 + len(raw) + offset
+    return ShardRecord(8 + len(raw) + offset, digest.hexdigest())
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _header(path: Path) -> tuple[int, dict]:
+    """A shard's header length and JSON header; LabError naming the file when unreadable."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (-1,)
+        raw = f.read(n) if 0 <= n < 2**27 else b""
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise LabError(
+            f"{path} is damaged: its header does not parse ({e}); recompute it (resume)."
+        ) from e
+    return n, header
+
+
+def _implied_size(n: int, header: dict) -> int:
+    """The file size that a header of ``n`` bytes describes: header plus every tensor's data."""
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return 8 + n + max(ends, default=0)
+
+
+def shard_problem(path: Path, record: ShardRecord | None, checksum: bool) -> str | None:
+    """What is wrong with the shard at ``path`` (None when nothing is).
+
+    Always: the file's size against its header's and the record's. ``checksum``: also its
+    SHA-256 against the record's (reads the file).
+    """
+    size = path.stat().st_size
+    try:
+        implied = _implied_size(*_header(path))
+    except (LabError, KeyError, TypeError, IndexError):
+        return f"{size} bytes and an unreadable header"
+    if size != implied:
+        return f"{size} bytes but its header describes {implied}"
+    if record is not None and size != record.bytes:
+        return f"{size} bytes but {record.bytes} were written"
+    if record is not None and checksum and file_sha256(path) != record.sha256:
+        return "its SHA-256 differs from the one recorded when it was written"
+    return None
 
 
 @dataclass(frozen=True)
@@ -86,9 +155,7 @@ class ShardReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
+        n, header = _header(path)
         self.metadata: dict[str, str] = header.pop("__metadata__", {})
         self.entries = {
             k: _Entry(_DTYPES[v["dtype"]], tuple(v["shape"]), 8 + n + v["data_offsets"][0])

@@ -2,7 +2,10 @@
 
 Layout of a store folder::
 
-    manifest.json             models, hooks, dtype, shapes, dataset hash, planned shards, versions
+    manifest.json             models, hooks, dtype, shapes, dataset hash, planned shards, versions;
+                              once complete, "shards": each shard's size and SHA-256
+    shards.jsonl              while writing: a line per shard written, {index, bytes, sha256}
+                              (appended and fsynced; folded into the manifest when complete)
     shard-000000.safetensors  "base/<hook>" and "tuned/<hook>" [row, ...], "seq" and "pos" [row],
                               "target/<name>" [row, ...]; rows are real tokens in dataset order
 
@@ -10,6 +13,11 @@ Why safetensors: a plain, safe (no pickle), documented format that every framewo
 zero-copy memory mapping; one file per batch makes each write atomic (see ``lab.shards``), and a
 run killed at any point leaves complete shards 0..k-1 that open as they are. The manifest is
 written before the first shard and marked ``complete`` after the last.
+
+Integrity: opening checks every shard's size against its header and its record (a stat and a
+header read per shard); ``verify=True`` (``lab store info``, and every resume) also checks the
+SHA-256s, which reads the whole store. A damaged shard makes the store incomplete, is named by
+any read, and is recomputed by a resume.
 
 Reading (``ActivationStore``) is by model, hook and token slice, memory-mapped, and as a stacked
 ``[layer, token, d_model]`` tensor for probes, built with one copy.
@@ -30,13 +38,24 @@ from torch import Tensor
 
 from lab.errors import LabError, close_matches
 from lab.hooks import match_hooks, split_patterns
-from lab.shards import ShardReader
+from lab.shards import ShardReader, ShardRecord, shard_problem
 from lab.types import Stacked
 
-__all__ = ["FORMAT", "ActivationStore", "identity_diff", "shard_path", "write_manifest"]
+__all__ = [
+    "FORMAT",
+    "ActivationStore",
+    "append_record",
+    "identity_diff",
+    "model_location",
+    "scan_shards",
+    "shard_path",
+    "shard_records",
+    "write_manifest",
+]
 
 FORMAT = "steerlab-activation-store/1"
 MANIFEST = "manifest.json"
+JOURNAL = "shards.jsonl"
 _SHARD = re.compile(r"shard-(\d{6})\.safetensors")
 # Manifest keys that must agree for a store to be "the same store" (resume, reuse).
 IDENTITY = ("models", "hooks", "dtype", "shapes", "dataset", "batch_size", "padding_side")
@@ -56,9 +75,71 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, root / MANIFEST)
 
 
+def model_location(source: str) -> str:
+    """What a checkpoint name points at: an existing folder as its resolved absolute path (so
+    ``./m``, ``m`` and ``/abs/m`` agree), anything else (a hub id, ``organism``) as given."""
+    path = Path(source).expanduser()
+    if source.split("/")[0] != "organism" and path.exists():
+        return str(path.resolve())
+    return source
+
+
+def _identity(manifest: dict[str, Any], key: str) -> Any:
+    value = manifest.get(key)
+    if key == "models" and isinstance(value, dict):  # by what the names point at, not spelling
+        return {
+            role: (m.get("location") or model_location(m["source"]), m.get("fingerprint"))
+            for role, m in value.items()
+        }
+    return value
+
+
 def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The identity keys on which two manifests differ."""
-    return [k for k in IDENTITY if old.get(k) != new.get(k)]
+    return [k for k in IDENTITY if _identity(old, k) != _identity(new, k)]
+
+
+def shard_records(root: Path, manifest: dict[str, Any]) -> dict[int, ShardRecord]:
+    """Each shard's recorded size and checksum: the manifest's, updated by the journal's."""
+    out = {
+        i: ShardRecord(r["bytes"], r["sha256"])
+        for i, r in enumerate(manifest.get("shards") or [])
+        if r is not None
+    }
+    journal = root / JOURNAL
+    if journal.is_file():
+        for line in journal.read_text(errors="replace").splitlines():
+            try:
+                r = json.loads(line)
+                out[int(r["index"])] = ShardRecord(int(r["bytes"]), str(r["sha256"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # blank, or cut short by a kill: that shard is checked by its header
+    return out
+
+
+def append_record(root: Path, index: int, record: ShardRecord) -> None:
+    """Record a written shard in the journal (appended, flushed and fsynced)."""
+    line = {"index": index, "bytes": record.bytes, "sha256": record.sha256}
+    with open(root / JOURNAL, "a") as f:
+        f.write("\n" + json.dumps(line))  # on a line of its own, even after one cut short
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def scan_shards(
+    root: Path, manifest: dict[str, Any], checksum: bool
+) -> tuple[list[int], dict[int, str]]:
+    """The shard files present and intact, and the damaged ones with what is wrong with each."""
+    records = shard_records(root, manifest)
+    present = sorted(int(m.group(1)) for p in root.iterdir() if (m := _SHARD.fullmatch(p.name)))
+    good, damaged = [], {}
+    for i in present:
+        problem = shard_problem(shard_path(root, i), records.get(i), checksum)
+        if problem is None:
+            good.append(i)
+        else:
+            damaged[i] = problem
+    return good, damaged
 
 
 def read_manifest(root: Path) -> dict[str, Any] | None:
@@ -87,23 +168,32 @@ def complete_shards(root: Path) -> int:
 class ActivationStore:
     """Read-only access to a store folder written by ``lab.cache.cache_pair``."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: Path, manifest: dict[str, Any], verify: bool = False) -> None:
         self.root = root
         self.manifest = manifest
-        self._shards = [ShardReader(shard_path(root, i)) for i in range(complete_shards(root))]
+        good, damaged = scan_shards(root, manifest, checksum=verify)
+        self.damaged: dict[int, str] = damaged  # shard index -> what is wrong with it
+        k = 0  # readable: the intact shards 0..k-1 before the first missing or damaged one
+        while k < len(good) and good[k] == k:
+            k += 1
+        self._shards = [ShardReader(shard_path(root, i)) for i in range(k)]
         rows = [int(s.metadata["rows"]) for s in self._shards]
         self._starts = [0]
         for r in rows:
             self._starts.append(self._starts[-1] + r)
 
     @classmethod
-    def open(cls, path: str | Path) -> ActivationStore:
-        """Open the store in ``path`` (complete, or partial after an interrupted run)."""
+    def open(cls, path: str | Path, *, verify: bool = False) -> ActivationStore:
+        """Open the store in ``path`` (complete, or partial after an interrupted run).
+
+        Every shard's size is checked; ``verify`` also checks every shard's SHA-256 (reads the
+        whole store). Damaged shards are listed in ``damaged`` and make reading refuse.
+        """
         root = Path(path)
         manifest = read_manifest(root) if root.is_dir() else None
         if manifest is None:
             raise LabError(f"No activation store at {root} (no {MANIFEST}); cache one first.")
-        return cls(root, manifest)
+        return cls(root, manifest, verify=verify)
 
     # ---- what it holds ---------------------------------------------------------------------
     @property
@@ -129,7 +219,11 @@ class ActivationStore:
 
     @property
     def complete(self) -> bool:
-        return bool(self.manifest.get("complete")) and self.n_shards == self.manifest["n_shards"]
+        return (
+            bool(self.manifest.get("complete"))
+            and self.n_shards == self.manifest["n_shards"]
+            and not self.damaged
+        )
 
     @property
     def target_names(self) -> list[str]:
@@ -142,12 +236,25 @@ class ActivationStore:
         state = (
             "complete" if self.complete else f"partial {self.n_shards}/{self.manifest['n_shards']}"
         )
+        if self.damaged:
+            state += f", {len(self.damaged)} damaged"
         return (
             f"ActivationStore({str(self.root)!r}: {state}, {self.n_tokens} tokens, "
             f"models {self.models}, {len(self.hooks)} hooks, {self.manifest['dtype']})"
         )
 
     # ---- reading ---------------------------------------------------------------------------
+    def _intact(self) -> None:
+        """Refuse to read a store with a damaged shard, naming it."""
+        if self.damaged:
+            i, problem = next(iter(self.damaged.items()))
+            more = f" (and {len(self.damaged) - 1} more)" if len(self.damaged) > 1 else ""
+            raise LabError(
+                f"Shard {shard_path(self.root, i).name} of {self.root} is damaged ({problem})"
+                f"{more}; recompute it by rerunning the cache into this folder with resume=True "
+                "(--resume)."
+            )
+
     def _check(self, model: str, hook: str) -> None:
         if model not in self.models:
             raise LabError(f"No model {model!r} in the store; it holds {self.models}.")
@@ -167,6 +274,7 @@ class ActivationStore:
         return parts
 
     def _rows(self, key: str, start, stop, device, empty_shape, dtype) -> Tensor:
+        self._intact()
         parts = self._slices(key, start, stop)
         if not parts:
             return torch.empty((0, *empty_shape), dtype=dtype, device=device)
@@ -210,6 +318,7 @@ class ActivationStore:
             names += [h for h in match_hooks(pattern, self.hooks) if h not in names]
         for h in names:
             self._check(model, h)
+        self._intact()
         shapes = {tuple(self.manifest["shapes"][h]) for h in names}
         if len(shapes) != 1:
             raise LabError(

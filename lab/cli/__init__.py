@@ -46,7 +46,8 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return its exit status (for tests and scripts)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, standalone_mode=False)
+        # Not standalone, typer returns the status of typer.Exit and of Ctrl-C (130): keep it.
+        status = app(args=argv, standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
@@ -66,7 +67,7 @@ def run(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return 1
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 def main() -> None:

@@ -45,24 +45,56 @@ def cache(
     text_field: str = typer.Option("text", help="JSONL field holding the prompt."),
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted store in --out."),
     allow_pickle: bool = typer.Option(False, help="Allow pickle weights (weights_only load)."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run the checkpoints' own modelling code (trusted only)."
+    ),
 ) -> None:
     """Run both models on the same batches and store the chosen hooks of both on disk."""
-    from lab.cache import cache_pair
+    from lab.cache import CacheInterrupted, cache_pair, check_options
+    from lab.errors import LabError
     from lab.models import load_pair
+    from lab.runtime import resolve_device, resolve_dtype
 
-    pair = load_pair(base, tuned, device=device, dtype=dtype, allow_pickle=allow_pickle)
-    loader = LOADERS.get(data.suffix, _text)
-    dataset = loader(data, pair.tokenizer, seq_len, text_field)
-    store = cache_pair(
-        pair,
-        dataset,
-        hooks,
-        out=out,
-        batch_size=batch_size,
-        dtype=store_dtype,
-        padding_side=padding_side,
-        resume=resume,
-    )
+    # Every option is checked before a model loads or anything is written.
+    check_options(batch_size=batch_size, padding_side=padding_side, out=out)
+    resolve_device(device)
+    resolve_dtype(dtype)
+    resolve_dtype(store_dtype)
+    if seq_len < 2:
+        raise LabError(f"--seq-len must be at least 2 (BOS and a token); got {seq_len}.")
+    if not data.is_file():
+        raise LabError(f"No data file at {data} (--data); give a .jsonl or a text file.")
+    try:
+        pair = load_pair(
+            base,
+            tuned,
+            device=device,
+            dtype=dtype,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
+        loader = LOADERS.get(data.suffix, _text)
+        dataset = loader(data, pair.tokenizer, seq_len, text_field)
+        store = cache_pair(
+            pair,
+            dataset,
+            hooks,
+            out=out,
+            batch_size=batch_size,
+            dtype=store_dtype,
+            padding_side=padding_side,
+            resume=resume,
+        )
+    except CacheInterrupted as e:
+        typer.echo(
+            f"interrupted: {e.root} keeps {e.kept} of {e.total} shards; rerun the same command "
+            "with --resume to finish it.",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted before caching began; nothing was written.", err=True)
+        raise typer.Exit(130) from None
     typer.echo(repr(store))
 
 
@@ -70,7 +102,12 @@ def _describe(store) -> dict:
     m = store.manifest
     return {
         "path": str(store.root),
-        "state": "complete" if store.complete else "partial (resume to finish)",
+        "state": "complete"
+        if store.complete
+        else "damaged (resume to recompute)"
+        if store.damaged
+        else "partial (resume to finish)",
+        "damaged": "; ".join(f"shard {i}: {why}" for i, why in store.damaged.items()) or "none",
         "shards": f"{store.n_shards} of {m['n_shards']}",
         "tokens": f"{store.n_tokens} of {m['dataset']['n_tokens']}",
         "models": ", ".join(f"{r} ({v['source']})" for r, v in m["models"].items()),
@@ -88,13 +125,20 @@ def _describe(store) -> dict:
 def store_info(
     path: Path = typer.Argument(..., help="Store folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest and state as JSON."),
+    verify: bool = typer.Option(
+        True, help="Check every shard's SHA-256 (reads the whole store); sizes are always checked."
+    ),
 ) -> None:
     """What a store holds: models, hooks and shapes, tokens, dtype, completeness, versions."""
     from lab.store import ActivationStore
 
-    store = ActivationStore.open(path)
+    store = ActivationStore.open(path, verify=verify)
     if as_json:
-        state = {"complete": store.complete, "n_shards_present": store.n_shards}
+        state = {
+            "complete": store.complete,
+            "n_shards_present": store.n_shards,
+            "damaged": {str(i): why for i, why in store.damaged.items()},
+        }
         typer.echo(json.dumps(store.manifest | state | {"n_tokens_present": store.n_tokens}))
         return
     info = _describe(store)

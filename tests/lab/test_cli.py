@@ -46,3 +46,25 @@ def test_info_counts_parameters_like_the_checkpoint(pair_dirs, capsys):
     base, tuned = pair_dirs("gpt2")
     assert run(["info", str(base), str(tuned), "--device", "cpu", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_params"] == count_parameters(base)
+
+
+def test_cuda_on_a_machine_without_it_is_one_line(pair_dirs, capsys, monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base, tuned = map(str, pair_dirs("gpt2"))
+    capsys.readouterr()  # the tiny pair's making, when this test runs first
+    assert run(["info", base, tuned, "--device", "cuda"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Device 'cuda' (--device) was asked but ") and err.endswith(
+        "; use cpu."
+    )
+    assert len(err.splitlines()) == 1
+    data = tmp_path / "p.txt"
+    data.write_text("heads or tails")
+    argv = ["cache", base, tuned, "--data", str(data), "--out", str(tmp_path / "s")]
+    assert run([*argv, "--device", "cuda:0"]) == 1
+    assert capsys.readouterr().err.startswith("error: Device 'cuda:0' (--device) was asked but")
+    assert not (tmp_path / "s").exists()
+    assert run([*argv, "--device", "gpu"]) == 1
+    assert "Unknown device 'gpu' (--device); use cpu, cuda or cuda:N." in capsys.readouterr().err
