@@ -17,11 +17,8 @@ stops after the shards already computed are written and raises ``CacheInterrupte
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 import queue
-import shutil
 import sys
 import threading
 from collections.abc import Sequence
@@ -36,6 +33,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lab.cache_checks import (
+    CacheInterrupted,
+    check_options,
+    check_space,
+    disk_error,
+    unwritable,
+)
 from lab.datasets import Batch, Dataset, Padding
 from lab.errors import LabError
 from lab.hooks import HookPlan, plan_hooks
@@ -58,60 +62,11 @@ from lab.store import (
 
 __all__ = ["CacheInterrupted", "cache_pair", "check_options", "weights_fingerprint"]
 
-PADDING_SIDES = ("left", "right")
-
 _PACKAGES = ("torch", "transformers", "transformer-lens", "safetensors", "steerlab")
 
 
 class _Stop(Exception):
     """Raised by the last requested hook: the rest of the forward is not needed."""
-
-
-class CacheInterrupted(KeyboardInterrupt):
-    """Ctrl-C during ``cache_pair``: the shards computed so far were written; resume finishes."""
-
-    def __init__(self, root: Path, kept: int, total: int) -> None:
-        self.root, self.kept, self.total = root, kept, total  # the store, shards present, planned
-        super().__init__(
-            f"Interrupted: {root} keeps {kept} of {total} shards and opens as is; rerun with "
-            "resume=True (--resume) to finish it."
-        )
-
-
-def _whole(value: Any, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-def _check_out(root: Path) -> None:
-    """Refuse an ``out`` that is a file or that cannot be written, before writing anything."""
-    if root.exists() and not root.is_dir():
-        raise LabError(f"out={str(root)!r} (--out) is a file, not a folder; give a store folder.")
-    parent = root
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise LabError(f"out={str(root)!r} (--out) lies under {parent}, which is a file.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise LabError(
-            f"Cannot write to {parent} (no write permission, or a read-only disk); give an "
-            "out (--out) folder you can write to."
-        )
-
-
-def check_options(
-    *, batch_size: Any, padding_side: Any, queue_depth: Any = 2, out: str | Path | None = None
-) -> None:
-    """Refuse a bad caching option, naming it, before anything is loaded or written."""
-    if not _whole(batch_size, 1):
-        raise LabError(f"batch_size (--batch-size) must be a whole number >= 1; got {batch_size!r}")
-    if padding_side not in PADDING_SIDES:
-        raise LabError(
-            f"padding_side (--padding-side) must be 'left' or 'right'; got {padding_side!r}."
-        )
-    if not _whole(queue_depth, 0):
-        raise LabError(f"queue_depth must be a whole number >= 0; got {queue_depth!r}.")
-    if out is not None:
-        _check_out(Path(out))
 
 
 @dataclass(frozen=True)
@@ -183,13 +138,6 @@ def _manifest(pair, dataset: Dataset, plan: HookPlan, dtype, batch_size, padding
     }
 
 
-def _unwritable(root: Path, e: OSError) -> LabError:
-    return LabError(
-        f"Cannot write the store to {root} ({e.strerror or e}); give an out (--out) folder you "
-        "can write to."
-    )
-
-
 def _prepare(root: Path, manifest: dict, resume: bool) -> list[int]:
     """Create or reopen ``root``; return the shards to write (missing or damaged ones)."""
     total = manifest["n_shards"]
@@ -204,7 +152,7 @@ def _prepare(root: Path, manifest: dict, resume: bool) -> list[int]:
             write_manifest(root, manifest)
             return list(range(total))
     except OSError as e:
-        raise _unwritable(root, e) from e
+        raise unwritable(root, e) from e
     differ = identity_diff(old, manifest)
     if differ:
         raise LabError(
@@ -300,17 +248,6 @@ class _Writer(threading.Thread):
                 self.pool.put(job.slot)
 
 
-def _disk_error(e: OSError, root: Path, done: int, total: int) -> LabError:
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return _unwritable(root, e)
-    what = "The disk is full" if e.errno == errno.ENOSPC else f"Writing failed ({e})"
-    kept = f"shards 0..{done - 1}" if done else "no shards yet"
-    return LabError(
-        f"{what} while writing shard {done} to {root}. The store keeps {kept} of {total} and "
-        "opens as is; free space and rerun with resume=True (--resume)."
-    )
-
-
 def _batch_rows(dataset: Dataset, batch_size: int) -> list[int]:
     """Token rows of each batch (= shard) of ``batch_size`` sequences."""
     per = dataset.select.sum(1)
@@ -320,18 +257,6 @@ def _batch_rows(dataset: Dataset, batch_size: int) -> list[int]:
 
 def _present(root: Path, total: int) -> int:
     return sum(shard_path(root, i).exists() for i in range(total))
-
-
-def _check_space(root: Path, plan: HookPlan, rows: int, dtype) -> None:
-    """Refuse to start when the rest of the store (``rows`` token rows) cannot fit on the disk."""
-    need = 2 * rows * plan.row_bytes(torch.empty((), dtype=dtype).element_size())
-    free = shutil.disk_usage(root).free
-    if need > free:
-        raise LabError(
-            f"The store needs about {need / 2**30:.2f} GiB more but {root} has "
-            f"{free / 2**30:.2f} GiB free; free space, store fewer hooks or tokens, or use "
-            "dtype='bfloat16'."
-        )
 
 
 def cache_pair(
@@ -377,9 +302,9 @@ def cache_pair(
     try:
         todo = _prepare(root, manifest, resume)
     except OSError as e:
-        raise _disk_error(e, root, 0, total) from e
+        raise disk_error(e, root, 0, total) from e
     rows = _batch_rows(dataset, batch_size)
-    _check_space(root, plan, sum(rows[i] for i in todo), dtype)
+    check_space(root, plan, sum(rows[i] for i in todo), dtype)
     cuda = pair.device.type == "cuda"
     max_rows = min(batch_size, len(dataset)) * dataset.max_len
     pool: queue.Queue = queue.Queue()
@@ -423,7 +348,7 @@ def cache_pair(
     if writer.error is not None:
         e = writer.error
         if isinstance(e, OSError):
-            raise _disk_error(e, root, complete_shards(root), total) from e
+            raise disk_error(e, root, complete_shards(root), total) from e
         raise e
     records = shard_records(root, read_manifest(root) or manifest)
     shards = [{"bytes": records[i].bytes, "sha256": records[i].sha256} for i in range(total)]

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import lab.cache
+import lab.cache_checks
 from lab.cache import cache_pair
 from lab.cli import run
 from lab.datasets import Dataset
@@ -151,7 +152,7 @@ def test_full_disk_stops_cleanly_and_resumes(pairs, tmp_path, monkeypatch):
 
 def test_not_enough_disk_is_refused_before_computing(pairs, tmp_path, monkeypatch):
     usage = type("Usage", (), {"free": 1000})
-    monkeypatch.setattr(lab.cache.shutil, "disk_usage", lambda _: usage)
+    monkeypatch.setattr(lab.cache_checks.shutil, "disk_usage", lambda _: usage)
     with pytest.raises(LabError, match=r"needs about .* GiB more but .* has 0.00 GiB free"):
         cache_pair(pairs["gpt2"], _dataset(), "resid_post", out=tmp_path / "s", progress=False)
     assert ActivationStore.open(tmp_path / "s").n_shards == 0
@@ -392,6 +393,7 @@ def test_resume_with_the_checkpoint_named_relative_then_absolute(pair_dirs, tmp_
 SLOW_CLI = """
 import sys, time
 import lab.cache
+import lab.cache_checks
 real = lab.cache.write_shard
 def slow(*args):  # slow enough that SIGINT lands mid-run
     time.sleep(0.2)
