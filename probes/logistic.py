@@ -10,7 +10,7 @@ not from approximating the answer:
   C values x controls) share both products.
 - **Compact L-BFGS** (Byrd, Nocedal & Schnabel 1994): the direction of every problem from a ring
   of step pairs whose inner products are updated one row per step, instead of a Python loop over
-  the history.
+  the history (``probes.lbfgs``).
 - **K - 1 columns for K classes.** With every class present, the gradient of the data term sums
   to zero over classes, so the weights stay in that subspace from zero: they are solved in an
   orthonormal basis of it, one product column fewer per problem (half the columns for a binary
@@ -18,15 +18,19 @@ not from approximating the answer:
 - **Warm starts across feature sets.** On a CPU the feature sets are solved one after another
   while their rows sit in cache, and each starts from the previous set's answer (the next layer of
   a model, usually) when that is better than zero.
+- **A Newton step on the intercepts** after each line search, from the logits alone (sums over
+  rows, no data pass): unpenalised and nearly flat on separable data, the intercepts are what
+  L-BFGS leaves behind, and with them at their optimum the gap test below is a real bound.
 
 Every problem stops on its own once two tests hold: ``||grad|| <= tol * ||grad at W = 0||``
-(the gradient has shrunk relative to its start) and ``||grad||^2 / 2 <= gap_tol * f`` (the
-objective is within ``gap_tol`` of the optimum, relatively: the penalty makes the objective at
-least 1-strongly convex in the weights, so ``f - f* <= ||grad||^2 / 2`` with the intercepts at
-their optimum). The first alone stops far too early on separable data at large C, where the
-gradient at zero is huge and the optimum's objective small. ``converged`` is True only where both
-tests were met; a problem that ran out of iterations or stalled at working precision short of
-them is reported as not converged.
+(the gradient has shrunk relative to its start) and ``(||grad_W||^2 + g_b' H_b^-1 g_b) / 2 <=
+gap_tol * f``. The second bounds the relative objective gap to second order: with the intercepts
+at their optimum for the weights, the objective as a function of the weights is at least
+1-strongly convex (the penalty), so ``f - f* <= ||grad_W||^2 / 2``; the intercepts' own Newton
+decrement covers what remains of theirs. The first test alone stopped 22% above the optimum on
+separable data at C = 10, where the gradient at zero is huge and the optimum's objective small.
+``converged`` is True only where both tests were met; a problem that ran out of iterations or
+stalled at working precision short of them is reported as not converged.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from probes.lbfgs import History
 from probes.solvers import LinearMap, SolverConfig
 from probes.splits import Scaling
 
@@ -94,6 +99,76 @@ class _Data:
         return value, torch.cat([grad_w, grad_b], dim=-2)
 
 
+class _Intercepts:
+    """Newton steps on the intercepts at fixed weights, for every problem, from the logits alone.
+
+    The intercepts are unpenalised, and on separable data their curvature (the rows' ``p (1 - p)``)
+    is small, so L-BFGS leaves them short of their optimum while the gradient looks small. One
+    damped Newton step per iteration, on sums over rows (no data pass), keeps them at their
+    optimum for the current weights; it also gives the term of the stopping test that the
+    gradient's norm misses. Works in float64 on ``free x free`` matrices.
+    """
+
+    def __init__(self, data: _Data, shape: torch.Size):
+        self.data = data
+        self.shape = shape  # [feat prob d1 free]
+        self.batch, self.n_free = shape[0] * shape[1], shape[-1]
+        self.evecs = self.inv = None  # the last Hessian's pseudo-inverse, as eigenpairs
+
+    def newton(self, logp: Tensor) -> tuple[Tensor, Tensor]:
+        """The Newton step ``[batch free]`` and decrement ``g' H^+ g`` ``[batch]`` at ``logp``
+        (a pseudo-inverse: the Hessian is singular where a class is absent)."""
+        data = self.data
+        p = logp.exp()
+        pw = p * data.cw
+        grad = (pw - data.target).sum(-1, dtype=torch.float64).movedim(-2, -1)  # [*f prob cls]
+        hess = torch.diag_embed(pw.sum(-1, dtype=torch.float64).movedim(-2, -1))
+        hess = hess - einops.einsum(pw, p, "... k p n, ... j p n -> ... p k j").double()
+        if data.basis is not None:
+            basis = data.basis.double()
+            grad, hess = grad @ basis, basis.T @ hess @ basis
+        evals, self.evecs = torch.linalg.eigh(hess.reshape(self.batch, self.n_free, self.n_free))
+        cut = 1e-10 * evals.amax(-1, keepdim=True).clamp_min(torch.finfo(evals.dtype).tiny)
+        self.inv = torch.where(evals > cut, 1.0 / evals.clamp_min(cut), 0.0)
+        coord = (self.evecs.mT @ grad.reshape(self.batch, self.n_free, 1))[..., 0]
+        step = -(self.evecs @ (self.inv * coord)[..., None])[..., 0]
+        return step, (self.inv * coord.pow(2)).sum(-1)
+
+    def decrement(self, grad_b: Tensor) -> Tensor:
+        """``g' H^+ g`` ``[batch]`` for intercept gradients ``[batch free]``, with the Hessian of
+        the last ``newton`` call (near enough after one more step)."""
+        coord = (self.evecs.mT @ grad_b.double()[..., None])[..., 0]
+        return (self.inv * coord.pow(2)).sum(-1)
+
+    def step(self, z: Tensor, known, move: Tensor, th: Tensor) -> tuple[Tensor, tuple]:
+        """One damped Newton step for the problems in ``move`` from logits ``z`` (``known``:
+        ``data.fit(z)``). Moves the intercepts, the last entries of ``th``, in place; returns the
+        new logits and their ``data.fit``."""
+        step, decrement = self.newton(known[1])
+        base = known[0].flatten()  # the penalty does not depend on the intercepts
+        u = move.to(torch.float64)
+        pending = move.clone()
+        for _halving in range(20):  # Armijo backtracking
+            z_trial = z + self._shift(u[:, None] * step, z.dtype)
+            known = self.data.fit(z_trial)
+            pending = pending & ~(known[0].flatten() <= base - 1e-4 * u * decrement)
+            if not bool(pending.any()):
+                break
+            u = torch.where(pending, 0.5 * u, u)
+        u = torch.where(pending, 0.0, u)
+        th[:, -self.n_free :] += (u[:, None] * step).to(th.dtype)
+        if bool(pending.any()):  # some stay where they were
+            z_trial = z + self._shift(u[:, None] * step, z.dtype)
+            known = self.data.fit(z_trial)
+        return z_trial, known
+
+    def _shift(self, step: Tensor, dtype: torch.dtype) -> Tensor:
+        """The logits' change ``[*feat cls prob 1]`` when the intercepts move by ``step``."""
+        step = step.to(dtype).view(*self.shape[:2], self.n_free)
+        per_class = step if self.data.basis is None else step @ self.data.basis.T
+        return einops.rearrange(per_class, "... p k -> ... k p 1")
+
+
 def _classes(m: Tensor, x: Tensor) -> Tensor:
     """``m @ x`` over the class axis of ``x`` ``[*feat cls prob row]`` (a change of basis)."""
     out = m @ x.flatten(-2)
@@ -142,61 +217,6 @@ def logistic_objective(
     return value.to(x.dtype), grad + torch.nn.functional.pad(w, (0, 0, 0, 1))
 
 
-class _History:
-    """The L-BFGS memory of every problem: a ring of ``mem`` (step, gradient change) pairs.
-
-    The pairs sit in one ``[batch 2mem param]`` buffer (steps, then gradient changes) that is
-    written in place; their inner products are kept up to date one row and column per step.
-    Matrix-vector work is done as row-vector products (``_dots``), never through a temporary of
-    the buffer's size.
-    """
-
-    def __init__(self, batch: int, n_param: int, mem: int, like: Tensor):
-        self.mem = mem
-        self.pairs = like.new_zeros(batch, 2 * mem, n_param)
-        self.sy = torch.zeros(batch, mem, mem, dtype=torch.float64, device=like.device)
-        self.yy = torch.zeros_like(self.sy)
-        self.order: list[int] = []  # slots, oldest first
-
-    def push(self, s: Tensor, y: Tensor) -> None:
-        slot = self.order.pop(0) if len(self.order) == self.mem else len(self.order)
-        self.order.append(slot)
-        self.pairs[:, slot] = s
-        self.pairs[:, self.mem + slot] = y
-        with_y = _dots(self.pairs, y).double()  # s_i.y and y_i.y
-        with_s = _dots(self.pairs[:, self.mem :], s).double()  # y_j.s
-        self.sy[:, :, slot], self.sy[:, slot, :] = with_y[:, : self.mem], with_s
-        self.yy[:, :, slot] = self.yy[:, slot, :] = with_y[:, self.mem :]
-
-    def direction(self, g: Tensor, gamma: Tensor) -> Tensor:
-        """Compact L-BFGS (Byrd, Nocedal & Schnabel 1994): ``-H g`` for every problem at once."""
-        if not self.order:
-            return -gamma[:, None] * g
-        idx = torch.tensor(self.order, device=g.device)
-        ab = _dots(self.pairs, g).double()  # S^T g, Y^T g by slot
-        a, b = ab[:, idx, None], ab[:, self.mem + idx, None]
-        sy, yy = self.sy[:, idx][:, :, idx], self.yy[:, idx][:, :, idx]
-        diag = torch.diagonal(sy, dim1=-2, dim2=-1)
-        # A skipped pair is all zeros; a unit pivot keeps it inert.
-        r = torch.triu(sy) + torch.diag_embed((diag <= 0).double())
-        gam = gamma.double()[:, None, None]
-        p = torch.linalg.solve_triangular(r, a, upper=True)
-        top = torch.linalg.solve_triangular(
-            r.mT, diag[..., None] * p + gam * (yy @ p - b), upper=False
-        )
-        coef = torch.zeros_like(ab)
-        coef[:, idx], coef[:, self.mem + idx] = top[..., 0], -(gam * p)[..., 0]
-        combined = torch.bmm(coef.to(g.dtype)[:, None, :], self.pairs)[:, 0]  # sum_i coef_i p_i
-        return -(gamma[:, None] * g + combined)
-
-
-def _dots(rows: Tensor, v: Tensor) -> Tensor:
-    """``rows @ v`` per batch (``batch k n``, ``batch n`` -> ``batch k``) as a row vector times
-    the transposed rows: on a CPU several times faster than a batched matrix-vector product, and
-    no ``batch k n`` temporary (whose allocation costs page faults at every call)."""
-    return torch.bmm(v[:, None, :], rows.mT)[:, 0]
-
-
 def _solve(
     data: _Data, theta: Tensor, z: Tensor, g0_norm: Tensor, config: SolverConfig, n_iter: Tensor
 ):
@@ -226,27 +246,40 @@ def _solve(
         grad[:, :n_w] += th[:, :n_w]
         return value, grad
 
-    f, g = evaluate(z, th)
+    intercepts = _Intercepts(data, shape)
+    known = data.fit(z)
+    f, g = evaluate(z, th, known)
+    _, b_decrement = intercepts.newton(known[1])
     gamma = 1.0 / g.norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny)  # first step: unit length
-    memory = _History(batch, th.shape[1], config.history, th)
+    memory = History(batch, th.shape[1], config.history, th)
     flat = torch.zeros(batch, dtype=torch.long, device=th.device)  # steps without progress
     g_best = g.norm(dim=1)  # smallest gradient norm so far
     stalled = torch.zeros(batch, dtype=torch.bool, device=th.device)
     ftol = torch.finfo(th.dtype).eps
-    def met(f: Tensor, g: Tensor) -> Tensor:  # [batch]: both stopping tests hold
-        g_norm = g.norm(dim=1)
-        small = g_norm <= config.tol * g0_norm
-        return small & (0.5 * g_norm.double().pow(2) <= config.gap_tol * f.abs())
 
-    for _ in range(config.max_iter):
-        done = stalled | met(f, g)
-        if bool(done.all()):
-            break
+    def descent(g: Tensor) -> Tensor:
         direction = memory.direction(g, gamma)
         uphill = ~((g * direction).sum(1) < 0)  # lost descent (rare), or NaN: steepest descent
         if bool(uphill.any()):
             direction = torch.where(uphill[:, None], -gamma[:, None] * g, direction)
-        direction = direction.masked_fill(done[:, None], 0.0)
+        return direction
+
+    def met(f: Tensor, g: Tensor, b_decrement: Tensor) -> Tensor:  # [batch]: both tests hold
+        g_norm = g.norm(dim=1)
+        small = g_norm <= config.tol * g0_norm
+        # f - f* to second order: ||g_W||^2 / 2 bounds it with the intercepts at their optimum
+        # for these weights (the Schur complement of the Hessian is >= I), plus the decrease the
+        # intercepts still have (~0 after their Newton step). The gradient's norm alone misses
+        # flat intercept directions.
+        gap = 0.5 * (g[:, :n_w].norm(dim=1).double().pow(2) + b_decrement)
+        return small & (gap <= config.gap_tol * f.abs())
+
+    for _ in range(config.max_iter):
+        met_now = met(f, g, b_decrement)
+        done = stalled | met_now
+        if bool(done.all()):
+            break
+        direction = descent(g).masked_fill(done[:, None], 0.0)
         slope = (g * direction).sum(1, dtype=torch.float64)
         zd = data.logits(view(direction))  # the forward pass: logits are linear in theta
         # Penalty along the line: 0.5 * ||W + t D||^2 from three numbers per problem.
@@ -265,13 +298,16 @@ def _solve(
             t = torch.where(pending, 0.5 * t, t)
         move = ~done & ~pending
         t = torch.where(move, t, 0.0).to(th.dtype)
-        s = t[:, None] * direction
-        th = th + s
+        th_old, th = th, th + t[:, None] * direction
         if bool(pending.any()):  # some line search failed: those problems stay where they were
-            z, known = z + per_row(t) * zd, None
+            z = z + per_row(t) * zd
+            known = data.fit(z)
         else:  # every problem is at its last trial (a done one's direction is zero)
             z = z_trial
+        z, known = intercepts.step(z, known, move, th)
+        s = th - th_old
         f_new, g_new = evaluate(z, th, known)  # the backward pass
+        b_decrement = torch.where(move, intercepts.decrement(g_new[:, n_w:]), b_decrement)
         y = (g_new - g) * move[:, None]
         tiny = (f - f_new) <= ftol * torch.maximum(f.abs(), f_new.abs())  # relative: f may be << 1
         # No progress: a decrease below the objective's precision and no smaller gradient (flat
@@ -289,7 +325,9 @@ def _solve(
         gamma = torch.where(keep, sy / yy.clamp_min(torch.finfo(yy.dtype).tiny), gamma)
         memory.push(s, y)
         n_iter += move.view(n_iter.shape).long()
-    return view(th), met(f, g).view(shape[:2])
+    else:  # out of iterations: the tests at the last iterate
+        met_now = met(f, g, b_decrement)
+    return view(th), met_now.view(shape[:2])
 
 
 def _groups(n_feat: int, device: torch.device) -> list[slice]:
