@@ -30,7 +30,7 @@ from lab.checkpoints import (
 )
 from lab.errors import LabError
 from lab.memory import check_fits, count_parameters
-from lab.runtime import default_device, resolve_dtype
+from lab.runtime import resolve_device, resolve_dtype
 from lab.types import Tokens
 
 __all__ = ["PROBE_TEXT", "ModelPair", "PairConfig", "load_pair"]
@@ -191,7 +191,7 @@ def load_pair(
     if device is not None and device_map is not None:
         raise LabError("Give device or device_map, not both.")
     dtype = resolve_dtype(dtype)
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     ckpts = {
         role: resolve_checkpoint(name, role, allow_pickle=allow_pickle)
         for role, name in (("base", base), ("tuned", tuned))
