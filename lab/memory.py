@@ -5,15 +5,14 @@ A pair that cannot fit is refused before loading, instead of swapping the machin
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from pathlib import Path
 
 import torch
 
 from lab.errors import LabError
 from lab.runtime import resolve_device
+from lab.weightfiles import read_header
 
 __all__ = ["available_memory", "check_fits", "count_parameters"]
 
@@ -24,9 +23,7 @@ def count_parameters(folder: str | Path) -> int | None:
     """Parameters in a checkpoint folder, read from its safetensors headers (no weights load)."""
     total, found = 0, False
     for f in Path(folder).glob("*.safetensors"):
-        with open(f, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(size))
+        header = read_header(f)  # a damaged file is named in one line
         for name, entry in header.items():
             if name != "__metadata__":
                 n = 1
