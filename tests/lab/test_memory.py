@@ -19,5 +19,5 @@ def test_count_parameters_reads_the_headers(pair_dirs):
 def test_a_truncated_weight_file_is_named(pair_dirs, tmp_path):
     base, _ = pair_dirs("gpt2")
     (tmp_path / "model.safetensors").write_bytes((base / "model.safetensors").read_bytes()[:100])
-    with pytest.raises(LabError, match="model.safetensors"):
+    with pytest.raises(LabError, match=r"model\.safetensors"):
         count_parameters(tmp_path)
