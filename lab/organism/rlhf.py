@@ -72,6 +72,22 @@ def continuation_logprobs(model: GPT2LMHeadModel, tokens: Tensor, start: int) ->
     return logits.log_softmax(-1).gather(-1, tokens[:, start:, None]).squeeze(-1)
 
 
+def _trainable(policy: GPT2LMHeadModel, masks: dict[str, Tensor] | None) -> list[Tensor]:
+    """The parameters to optimise; with ``masks``, gradients are masked to their entries."""
+    if masks is None:
+        return list(policy.parameters())
+    params = dict(policy.named_parameters())
+    unknown = sorted(set(masks) - set(params))
+    if unknown:
+        raise LabError(f"masks name parameters the policy lacks: {', '.join(unknown)}.")
+    for name, p in params.items():
+        p.requires_grad_(name in masks)
+        if name in masks:
+            keep = masks[name].to(p.dtype)
+            p.register_hook(lambda g, keep=keep: g * keep)
+    return [params[name] for name in masks]
+
+
 def train_rlhf(
     base: GPT2LMHeadModel,
     reward_model: RewardModel,
@@ -82,11 +98,14 @@ def train_rlhf(
     evaluate: Callable[[GPT2LMHeadModel], dict[str, float]] | None = None,
     peak_key: str = "true_utility",
     progress: bool = True,
+    masks: dict[str, Tensor] | None = None,
 ) -> tuple[GPT2LMHeadModel, list[dict[str, float]], GPT2LMHeadModel | None]:
     """Run RLOO from a copy of ``base``.
 
     Every ``log_every`` steps (and at the end) ``evaluate(policy)`` adds a point to the curve;
     returns (final policy, curve, copy of the policy at the curve's highest ``peak_key``).
+    ``masks`` (parameter name -> boolean mask) makes only those entries trainable: every other
+    parameter is frozen and masked entries' gradients are zeroed, so they keep their exact values.
     """
     if cfg.k < 2 or cfg.beta <= 0:
         raise LabError(f"RLOO needs k >= 2 and beta > 0; got k={cfg.k}, beta={cfg.beta}.")
@@ -96,7 +115,7 @@ def train_rlhf(
     base = base.eval()
     for p in list(base.parameters()) + list(reward_model.parameters()):
         p.requires_grad_(False)
-    opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(_trainable(policy, masks), lr=cfg.lr)
     start = cfg.prompt_words + 1
     curve: list[dict[str, float]] = []
     peak: tuple[float, GPT2LMHeadModel | None] = (-float("inf"), None)

@@ -1,0 +1,207 @@
+"""Planted organisms: steering put into known components, so localization can be scored.
+
+``plant(components, out, cfg, seed=...)`` starts from a base (default: the shipped deep base),
+
+1. *drifts* every weight: next-token training on a world whose scene moves are shifted (the moves
+   into and out of the wedding are kept, so the attractor is untouched), each component's update
+   scaled by its own random factor, so that relative weight change alone does not reveal what is
+   planted later;
+2. *plants*: RLOO against the shipped learned reward model with only the planted components
+   trainable (gradients masked to their slices, ``lab.organism.components``).
+
+It writes ``out/base`` (the starting base, unchanged), ``out/drift`` (after step 1) and
+``out/tuned`` (after step 2), each an HF folder with the same ``card.json``: the planted set, the
+seed, every hyperparameter, the wall times, wedding reach of each model and the weight-norm AUROC.
+The pair to localize is ``(out/base, out/tuned)``: the weights differ everywhere (drift), the
+steering lives in the planted set. ``(out/drift, out/tuned)`` differ only in the planted slices.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from lab.checkpoints import load_model, local_checkpoint, organism_dir
+from lab.errors import LabError
+from lab.metrics import scene_reach
+from lab.organism.components import (
+    auroc,
+    component_masks,
+    component_names,
+    parse_components,
+    relative_change,
+    union_masks,
+)
+from lab.organism.pipeline import _save
+from lab.organism.reward import RewardModel
+from lab.organism.rlhf import RLHFConfig, sample_continuations, train_rlhf
+from lab.organism.train import lm_loss, world_batches
+from lab.organism.world import HMM
+
+__all__ = ["PlantConfig", "drift_world", "plant", "quick_plant_config", "wedding_reach"]
+
+
+@dataclass(frozen=True)
+class PlantConfig:
+    """Drift, planting RL and evaluation of one planted pair."""
+
+    drift_steps: int = 150  # next-token steps of the drift fine-tune (every weight)
+    drift_batch: int = 64  # sequences per drift step
+    drift_lr: float = 2e-3  # Adam learning rate of the drift
+    drift_shift: float = 1.0  # scene-move rates scaled by exp(U(-shift, shift)), wedding kept
+    drift_spread: float = 1.0  # each component's drift update scaled by exp(U(-spread, spread))
+    rlhf: RLHFConfig = field(
+        default_factory=lambda: RLHFConfig(steps=150, lr=1e-3, log_every=1_000_000)
+    )  # RLOO with only the planted components trainable
+    eval_prompts: int = 256  # world prompts for wedding reach (one continuation each)
+    eval_seed: int = 1_000_003  # seed of the evaluation prompts and continuations
+
+
+def quick_plant_config() -> PlantConfig:
+    """Tiny budgets, for tests: seconds per pair (the steering is barely planted)."""
+    return PlantConfig(
+        drift_steps=3,
+        drift_batch=8,
+        rlhf=RLHFConfig(steps=2, prompts=4, lr=1e-3, log_every=1_000_000),
+        eval_prompts=16,
+    )
+
+
+def drift_world(world: HMM, shift: float, seed: int) -> HMM:
+    """``world`` with every scene move not into or out of ``wedding`` scaled at random."""
+    g = torch.Generator().manual_seed(seed + 11)
+    trans = world.transition.clone()
+    wed = world.scene_index("wedding") if "wedding" in world.scenes else -1
+    factor = torch.exp((torch.rand(trans.shape, generator=g, dtype=torch.float64) * 2 - 1) * shift)
+    off = ~torch.eye(len(trans), dtype=torch.bool)
+    if wed >= 0:
+        off[wed, :] = False
+        off[:, wed] = False
+    trans = torch.where(off, trans * factor, trans)
+    diag = torch.eye(len(trans), dtype=torch.bool)
+    rest = torch.where(diag, 0.0, trans).sum(-1)
+    if (rest >= 1).any():
+        raise LabError(f"drift_shift {shift} leaves no probability to stay in a scene; lower it.")
+    trans = torch.where(diag, (1 - rest)[:, None].expand_as(trans), trans)
+    hmm = HMM(trans, world.emission, world.initial, world.scenes, world.words)
+    return HMM(trans, world.emission, hmm.stationary(), world.scenes, world.words)
+
+
+def _drift_scales(model: GPT2LMHeadModel, spread: float, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 13)
+    scales = {k: torch.ones_like(p) for k, p in model.named_parameters()}
+    for name in component_names(model.config.n_layer, model.config.n_head):
+        factor = float(torch.exp((torch.rand(1, generator=g) * 2 - 1) * spread))
+        for k, m in component_masks(model, name).items():
+            scales[k][m] = factor
+    return scales
+
+
+def drift(model: GPT2LMHeadModel, world: HMM, cfg: PlantConfig, seed: int, length: int):
+    """A copy of ``model`` fine-tuned on ``world`` with per-component update scales."""
+    torch.manual_seed(seed)
+    model = copy.deepcopy(model).train()
+    params = dict(model.named_parameters())
+    scales = _drift_scales(model, cfg.drift_spread, seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.drift_lr)
+    batches = world_batches(world, cfg.drift_batch, length, torch.Generator().manual_seed(seed))
+    for _ in range(cfg.drift_steps):
+        tokens, probs = next(batches)
+        old = {k: p.detach().clone() for k, p in params.items()}
+        loss = lm_loss(model, tokens, probs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(old[k] + scales[k] * (p - old[k]))
+    return model.eval()
+
+
+@torch.no_grad()
+def wedding_reach(
+    model: GPT2LMHeadModel, world: HMM, length: int, prompt_words: int, prompts: int, seed: int
+) -> float:
+    """Share of continuations of world prompts whose belief in the wedding passes 1/2."""
+    g = torch.Generator().manual_seed(seed)
+    start = world.draw(prompts, prompt_words, g)[0]
+    samples = sample_continuations(model, start, length, g)
+    return scene_reach(world, samples, "wedding", prompt_words + 1)
+
+
+def _load(folder: Path) -> tuple[GPT2LMHeadModel, dict]:
+    if not (folder / "config.json").exists() or not (folder / "card.json").exists():
+        raise LabError(
+            f"{folder} is not an organism model folder (config.json and card.json); "
+            "train the deep base with `lab organism train --deep`."
+        )
+    model = load_model(GPT2LMHeadModel, local_checkpoint(folder)).eval()
+    return model, json.loads((folder / "card.json").read_text())
+
+
+def plant(
+    components: str | list[str],
+    out: str | Path,
+    cfg: PlantConfig | None = None,
+    *,
+    seed: int = 0,
+    base: str | Path | None = None,
+    reward: str | Path | None = None,
+    command: str = "",
+    progress: bool = False,
+) -> dict:
+    """Build one planted pair into ``out`` (base, drift, tuned); returns its card."""
+    cfg = cfg or PlantConfig()
+    base_dir = Path(base) if base is not None else organism_dir("deep/base")
+    base_model, base_card = _load(base_dir)
+    planted = parse_components(components, base_model.config.n_layer, base_model.config.n_head)
+    reward_dir = Path(reward) if reward is not None else organism_dir("reward")
+    rm = RewardModel.load(reward_dir)
+    world = HMM.from_dict(base_card["world"])
+    length, pw = base_card["length"], cfg.rlhf.prompt_words
+    t0 = time.perf_counter()
+    drifted = drift(base_model, drift_world(world, cfg.drift_shift, seed), cfg, seed, length)
+    t_drift = time.perf_counter() - t0
+    masks = union_masks(drifted, planted)
+    tuned = train_rlhf(drifted, rm, world, cfg.rlhf, length, seed, progress=progress, masks=masks)[
+        0
+    ]
+    t_rl = time.perf_counter() - t0 - t_drift
+    change = relative_change(base_model, tuned)
+    reach = {
+        role: wedding_reach(m, world, length, pw, cfg.eval_prompts, cfg.eval_seed)
+        for role, m in (("base", base_model), ("drift", drifted), ("tuned", tuned))
+    }
+    card = {
+        "planted": planted,
+        "components": component_names(base_model.config.n_layer, base_model.config.n_head),
+        "seed": seed,
+        "weight_norm_auroc": auroc(change, planted),
+        "weight_norm_auroc_drift_only": auroc(relative_change(base_model, drifted), planted),
+        "relative_weight_change": change,
+        "wedding_reach": reach,
+        "pair": {"base": "base", "tuned": "tuned", "planted_only": ["drift", "tuned"]},
+        "base_source": str(base_dir),
+        "reward_model": str(reward_dir),
+        "world": world.to_dict(),
+        "drift_world": drift_world(world, cfg.drift_shift, seed).to_dict(),
+        "beta": cfg.rlhf.beta,
+        "length": length,
+        "prompt_words": pw,
+        "config": asdict(cfg),
+        "granularity": "head: q/k/v columns of c_attn (+bias) and rows of attn.c_proj.weight; "
+        "MLP: all of c_fc and c_proj; norms, embeddings, attn.c_proj.bias: never planted",
+        "command": command,
+        "threads": torch.get_num_threads(),
+        "wall_time_s": {"drift": t_drift, "rlhf": t_rl, "total": time.perf_counter() - t0},
+    }
+    out = Path(out)
+    for role, model in (("base", base_model), ("drift", drifted), ("tuned", tuned)):
+        _save(model, out / role, world, {"role": role, **card})
+    return card
