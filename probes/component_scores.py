@@ -13,7 +13,8 @@ weights or activations, as the share of the tuned model's departure that is remo
 Methods (``METHODS``, by name), each ``fn(inputs) -> {metric: {component: score}}``:
 
 - ``swap``: component swapping (locus): the share removed when the component takes the base's
-  weights (``probes.weight_components.swap_components``, a physical swap);
+  weights (``probes.swap``; ``physical_swap_scores`` is the brute-force reference, a deep copy
+  with the slices overwritten, ``probes.weight_components.swap_components``);
 - ``activation_patching``: cross-model activation patching (mediation, today's steering score):
   the share removed when the component's output (a head's ``z``, an MLP's ``mlp_out``) takes
   its base activation (``probes.patching.cross_model``);
@@ -48,6 +49,7 @@ __all__ = [
     "PairInputs",
     "departure_values",
     "faithfulness_curve",
+    "physical_swap_scores",
     "score_methods",
 ]
 
@@ -107,7 +109,20 @@ class _Reference:
 
 
 def swap_scores(x: PairInputs, ref: _Reference | None = None) -> dict:
-    """Share removed when each component alone takes the base's weights."""
+    """Share removed when each component alone takes the base's weights (``probes.swap``)."""
+    from probes.swap import SwapConfig
+    from probes.swap import swap_components as swap_sweep
+
+    ref = ref or _Reference(x)
+    metrics = list(_patching_metrics(x, ref).values())
+    tokens = x.tokens.to(x.hooked.device)
+    table = swap_sweep(x.hooked, tokens, metrics, into="tuned", config=SwapConfig(progress=False))
+    return _by_component(table)
+
+
+def physical_swap_scores(x: PairInputs, ref: _Reference | None = None) -> dict:
+    """``swap_scores`` by brute force: a deep copy of the tuned model with the component's
+    slices overwritten by the base's, one full forward each (the reference)."""
     ref = ref or _Reference(x)
     out: dict = {m: {} for m in METRICS}
     for name in component_names(x.tuned):

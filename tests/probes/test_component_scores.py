@@ -9,11 +9,13 @@ from transformers import GPT2LMHeadModel
 from lab.checkpoints import load_model, local_checkpoint
 from lab.errors import LabError
 from lab.models import load_pair
-from lab.testing import TEST_SPECS, make_checkpoint, make_pair
+from lab.testing import TEST_SPECS, make_checkpoint
 from probes.component_scores import (
     METHODS,
     PairInputs,
+    departure_values,
     faithfulness_curve,
+    physical_swap_scores,
     score_methods,
 )
 from probes.weight_components import component_names, swap_components
@@ -26,7 +28,7 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     spec = TEST_SPECS["gpt2"]
     base_dir = make_checkpoint(root / "base", spec, seed=0)
-    _, other_dir = make_pair(root / "other", spec, seed=0, perturb=1.0)
+    other_dir = make_checkpoint(root / "other", spec, seed=1)  # an unrelated head: a big departure
     base = load_model(GPT2LMHeadModel, local_checkpoint(base_dir)).eval()
     other = load_model(GPT2LMHeadModel, local_checkpoint(other_dir)).eval()
     tuned = swap_components(base, other, [PLANTED])
@@ -39,12 +41,29 @@ def planted(tmp_path_factory):
     return x, score_methods(x)
 
 
+def gaps(x):
+    """Each metric's departure (tuned - base): a share's error times it is a value's error."""
+    base_lp = x.base(x.tokens).logits.log_softmax(-1).detach()
+    tuned = departure_values(x.tuned, base_lp, x.tokens, x.attractor)
+    base = departure_values(x.base, base_lp, x.tokens, x.attractor)
+    return {m: abs(tuned[m] - base[m]) for m in ("attractor", "kl")}
+
+
 def test_swap_finds_the_planted_head_alone(planted):
-    _, scores = planted
+    x, scores = planted
+    gap = gaps(x)
     for metric in ("attractor", "kl"):
         s = scores["swap"][metric]
-        assert s[PLANTED] == pytest.approx(1.0, abs=1e-5)
-        assert all(abs(v) < 1e-6 for k, v in s.items() if k != PLANTED)
+        assert abs(s[PLANTED] - 1) * gap[metric] < 1e-6  # the metric's value, to 1e-6
+        assert all(abs(v) * gap[metric] < 1e-6 for k, v in s.items() if k != PLANTED)
+
+
+def test_swap_equals_the_physical_swap(planted):
+    x, scores = planted
+    brute, gap = physical_swap_scores(x), gaps(x)
+    for metric in ("attractor", "kl"):
+        for name, v in brute[metric].items():
+            assert abs(scores["swap"][metric][name] - v) * gap[metric] < 1e-6, (metric, name)
 
 
 def test_activation_patching_credits_what_reads_it(planted):
