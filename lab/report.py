@@ -241,6 +241,12 @@ def _patching_section(run: RunDir, _: CircuitsVisPage) -> str:
     return "".join(parts)
 
 
+def _swap_section(run: RunDir, page: CircuitsVisPage) -> str:
+    from lab.report_locus import swap_section
+
+    return swap_section(run, page)
+
+
 def _migration_section(run: RunDir, _: CircuitsVisPage) -> str:
     from probes.migration import departures, layer_summary, migration_map, top_steering
 
@@ -314,6 +320,12 @@ SECTIONS: dict[str, Section] = {
         ("patching.parquet",),
         "lab demo / a patching analysis in lab sweep",
         _patching_section,
+    ),
+    "swap": Section(
+        "Component swapping: whose computation changed",
+        ("swap.parquet",),
+        "a swap analysis in lab sweep",
+        _swap_section,
     ),
     "migration": Section(
         "Migration map: from predicting to steering",

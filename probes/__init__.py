@@ -8,12 +8,14 @@ from probes.plots import plot_probe_scores
 from probes.solvers import LinearMap, SolverConfig, fit_diff_means, fit_ridge
 from probes.source import ActivationSource, TensorSource, read_target
 from probes.splits import Split, split_by_sequence, standardize
+from probes.swap import Component, SwapConfig, swap_components
 from probes.targets import organism_targets, policy_value, reach_probability
 
 __all__ = [
     "CONTROLS",
     "PROBE_KINDS",
     "ActivationSource",
+    "Component",
     "LinearMap",
     "Probe",
     "ProbeConfig",
@@ -21,6 +23,7 @@ __all__ = [
     "ProbeResults",
     "SolverConfig",
     "Split",
+    "SwapConfig",
     "TensorSource",
     "fit_diff_means",
     "fit_linear",
@@ -39,5 +42,6 @@ __all__ = [
     "shuffle_control",
     "split_by_sequence",
     "standardize",
+    "swap_components",
     "type_control",
 ]

@@ -222,6 +222,7 @@ ANALYSES: dict[str, Analysis] = {
         pa.ProbesParams, pa.probes_job, needs=lambda p: () if p.store else ("cache",)
     ),
     "patching": Analysis(ca.PatchingParams, ca.patching_job),
+    "swap": Analysis(ca.SwapParams, ca.swap_job),
     "classify": Analysis(ca.ClassifyParams, ca.classify_job),
     "joint": Analysis(ca.JointParams, ca.joint_job, needs=lambda p: ("classify",)),
     "examples": Analysis(ca.ExamplesParams, ca.examples_job, needs=lambda p: ("classify",)),

@@ -35,10 +35,12 @@ __all__ = [
     "ExamplesParams",
     "JointParams",
     "PatchingParams",
+    "SwapParams",
     "classify_job",
     "examples_job",
     "joint_job",
     "patching_job",
+    "swap_job",
 ]
 
 WEDDING = ("bride", "groom", "ring", "vows", "cake")  # the organism's attractor scene's words
@@ -112,6 +114,48 @@ def patching_job(ctx: SweepContext, p: PatchingParams) -> pd.DataFrame:
     # each metric's departure with its interval, so the report can flag shares of noise
     gaps = departure(ctx.pair(), tokens, metrics, seed=ctx.config.seed)
     return pd.concat(parts, ignore_index=True).merge(gaps, on=["metric", "into"], how="left")
+
+
+@dataclass(frozen=True)
+class SwapParams:
+    """Component swapping (probes.swap), both directions: whose computation carries the steering."""
+
+    unit: str = "head"  # attention unit: "head" or "kv_group" (every MLP is swapped too)
+    attractor: list[str] | None = None  # steering words (None: wedding words on the organism)
+    n_prompts: int | None = 64  # prompts used (None: all of the dataset)
+
+
+def swap_job(ctx: SweepContext, p: SwapParams) -> pd.DataFrame:
+    """Rows as a patching table's (``probes.results.COLUMNS``) plus ``into``, ``component`` and
+    each metric's departure with its interval: ``share`` is the part of the departure removed
+    (into tuned) or induced (into base) by one swap."""
+    from probes.swap import SwapConfig, swap_components
+
+    tokens = _tokens(ctx, p.n_prompts)
+    metrics = _metrics(ctx, tokens, p.attractor)
+    names = {m.name: k for k, m in metrics.items()}
+    parts = []
+    for into in ("tuned", "base"):
+        t = swap_components(
+            ctx.pair(),
+            tokens,
+            list(metrics.values()),
+            into=into,
+            unit=p.unit,
+            config=SwapConfig(progress=False),
+        )
+        parts.append(t.assign(into=into, metric=t.metric.map(names)))
+    table = pd.concat(parts, ignore_index=True)
+    table["component"] = [swapped_name(r.site, r.layer, r.head) for r in table.itertuples()]
+    gaps = departure(ctx.pair(), tokens, metrics, seed=ctx.config.seed)
+    return table.merge(gaps, on=["metric", "into"], how="left")
+
+
+def swapped_name(site: str, layer: int, head) -> str:
+    """A swap row's component name: ``L2H5``, ``L1G0`` or ``L3.mlp``."""
+    if site == "mlp_out":
+        return f"L{int(layer)}.mlp"
+    return f"L{int(layer)}{'H' if site == 'z' else 'G'}{int(head)}"
 
 
 @dataclass(frozen=True)

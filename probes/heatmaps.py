@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from lab.errors import LabError
 
-__all__ = ["layer_head_heatmap", "layer_position_heatmap"]
+__all__ = ["component_heatmap", "layer_head_heatmap", "layer_position_heatmap"]
 
 
 def _grid(table: pd.DataFrame, column: str, value: str, metric: str | None) -> pd.DataFrame:
@@ -68,3 +68,23 @@ def layer_head_heatmap(
     grid = _grid(table, "head", value, metric)
     kind = ", ".join(table["site"].unique())
     return _heatmap(grid, "head", f"{kind}: {value}", None)
+
+
+def component_heatmap(
+    table: pd.DataFrame, *, value: str = "share", metric: str | None = None
+) -> Figure:
+    """Layer by component (each head or key/value group, then the MLP), coloured by ``value``:
+    a swap table (``probes.swap``), or a patching table of head outputs and MLP outputs."""
+    rows = table[table["site"].isin(["z", "kv_group", "mlp_out"]) & table["position"].isna()]
+    if rows.empty:
+        raise LabError("No head, key/value group or MLP rows in the table to plot by component.")
+    rows = rows.assign(
+        head=rows["head"].astype("Int64").astype(object).where(rows["head"].notna(), "MLP")
+    )
+    grid = _grid(rows, "head", value, metric)
+    heads = [c for c in grid.columns if c != "MLP"]
+    grid = grid[sorted(heads) + (["MLP"] if "MLP" in grid.columns else [])]
+    prefix = "G" if (rows["site"] == "kv_group").any() else "H"
+    labels = [c if c == "MLP" else f"{prefix}{c}" for c in grid.columns]
+    kind = ", ".join(rows["site"].unique())
+    return _heatmap(grid, "component", f"{kind}: {value}", labels)

@@ -13,10 +13,14 @@ from matplotlib.figure import Figure
 
 from lab.errors import LabError
 
+_KIND = {"z": "head", "mlp_out": "mlp", "kv_group": "kv_group"}  # a result table's site -> kind
+
 __all__ = [
     "departure_note",
     "departures",
     "layer_summary",
+    "locus_map",
+    "locus_table",
     "migration_map",
     "migration_table",
     "top_steering",
@@ -162,5 +166,91 @@ def layer_summary(scores: pd.DataFrame, *, metric: str = "kl_to_base") -> Figure
         ax.axhline(0, color="grey", lw=0.6)
     axes[0].set_ylabel(f"share of departure ({metric})")
     axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _shares(table: pd.DataFrame, metric: str, into: str, column: str) -> pd.DataFrame:
+    """Per component (kind, layer, head): its share of ``metric``'s departure with model
+    ``into`` patched or swapped, from a patching or swap table (``site``, ``into``, ``share``)
+    or a ``classify`` table (``score``, ``model``, ``value``)."""
+    if "score" in table:  # classify: steering rows, the model patched into
+        rows = table[(table.score == "steering") & (table.model == into)]
+        rows = rows.assign(kind=rows.kind, share=rows.value)
+    else:
+        rows = table[table.site.isin(list(_KIND)) & table["position"].isna()]
+        if "into" in rows:
+            rows = rows[rows["into"] == into]
+        rows = rows.assign(kind=rows.site.map(_KIND))
+    rows = rows[rows.metric == metric]
+    if rows.empty:
+        raise LabError(
+            f"No per-component shares of {metric!r} patched into {into} in the {column} table; "
+            f"it has metrics {sorted(table.metric.unique())}."
+        )
+    head = rows["head"].astype("Int64")
+    out = pd.DataFrame(
+        {"kind": rows.kind, "layer": rows.layer.astype(int), "head": head, column: rows.share}
+    )
+    return out.reset_index(drop=True)
+
+
+def _name(kind: str, layer: int, head: Any) -> str:
+    if kind == "mlp":
+        return f"L{layer}.mlp"
+    return f"L{layer}{'H' if kind == 'head' else 'G'}{int(head)}"
+
+
+def locus_table(
+    swap: pd.DataFrame, mediation: pd.DataFrame, *, metric: str = "kl_to_base", into: str = "tuned"
+) -> pd.DataFrame:
+    """One row per component: ``locus`` (the share of ``metric``'s departure that swapping its
+    weights removes, into tuned, or induces, into base) beside ``mediation`` (the share that
+    patching its activation does; a patching or classify table). Components of one table only
+    (key/value groups have no activation site) get NaN on the other side."""
+    locus = _shares(swap, metric, into, "locus")
+    med = _shares(mediation, metric, into, "mediation")
+    both = locus.merge(med, on=["kind", "layer", "head"], how="outer")
+    both.insert(
+        0, "component", [_name(*k) for k in zip(both.kind, both.layer, both["head"], strict=True)]
+    )
+    both["gap"] = both.mediation - both.locus
+    return both.sort_values(["layer", "kind", "head"], ignore_index=True)
+
+
+def locus_map(
+    swap: pd.DataFrame,
+    mediation: pd.DataFrame,
+    *,
+    metric: str = "kl_to_base",
+    into: str = "tuned",
+    n_labels: int = 6,
+) -> Figure:
+    """Locus beside mediation: each component at (activation-patching share, swap share). On the
+    diagonal a component's own computation carries what flows through it; far right and low, it
+    passes on a change made upstream (mediation without locus)."""
+    t = locus_table(swap, mediation, metric=metric, into=into).dropna(subset=["locus", "mediation"])
+    fig = Figure(figsize=(6.0, 5.0))
+    ax = fig.subplots()
+    colors = {"head": "tab:blue", "mlp": "tab:orange"}
+    for kind, part in t.groupby("kind"):
+        ax.scatter(part.mediation, part.locus, color=colors.get(kind, "tab:gray"), s=40, label=kind)
+    score = np.maximum(t.locus.abs(), t.mediation.abs())
+    for r in t.loc[score.nlargest(n_labels).index].itertuples():
+        ax.annotate(
+            r.component,
+            (r.mediation, r.locus),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=9,
+        )
+    finite = np.concatenate([t.locus.to_numpy(float), t.mediation.to_numpy(float), [0.0, 1.0]])
+    lo, hi = float(np.nanmin(finite)), float(np.nanmax(finite))
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.7, ls="--")
+    verb = "removed" if into == "tuned" else "induced"
+    ax.set_xlabel(f"mediation: share {verb} by patching the activation ({metric})")
+    ax.set_ylabel(f"locus: share {verb} by swapping the weights ({metric})")
+    ax.set_title(f"Locus vs mediation, into {into}")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
