@@ -59,7 +59,14 @@ from lab.organism.rlhf import RLHFConfig
 from lab.organism.story import SCENE_WORDS
 from lab.organism.suite import SUITE, PlantedSpec, cache_dir, plant_suite, rlhf_seeds
 from lab.organism.world import HMM
-from probes.component_scores import METHODS, METRICS, PairInputs, faithfulness_curve, score_methods
+from probes.component_scores import (
+    METHODS,
+    METRICS,
+    PairInputs,
+    faithfulness_curve,
+    physical_swap_scores,
+    score_methods,
+)
 from probes.localization import auroc, faithfulness_areas, precision_at_k, ranking, summarize
 from probes.weight_components import component_names
 
@@ -135,6 +142,10 @@ def score_pair(x: PairInputs, planted: list[str]) -> dict:
         areas = {m: faithfulness_areas(curve[m]) for m in METRICS}
         out["cpr"][method] = {m: areas[m]["cpr"] for m in METRICS}
         out["cmd"][method] = {m: areas[m]["cmd"] for m in METRICS}
+    brute = physical_swap_scores(x)  # probes.swap against the brute-force weight swap
+    out["swap_vs_physical_max_abs_share_diff"] = max(
+        abs(scores["swap"][m][c] - brute[m][c]) for m in METRICS for c in brute[m]
+    )
     out["planted_scores"] = {
         m: {c: round(scores[m][DECIDES][c], 4) for c in planted} for m in scores
     }
@@ -269,6 +280,9 @@ def main() -> None:
             "max": float(np.max(wn)),
             "all_at_most_0.75": bool(max(wn) <= 0.75),
         },
+        "swap_vs_physical_max_abs_share_diff": max(
+            p["swap_vs_physical_max_abs_share_diff"] for p in pairs.values()
+        ),
         "pairs": pairs,
         "suite_ready_s": built_s,
     }
