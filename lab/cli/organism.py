@@ -63,6 +63,12 @@ def train(
     ),
     steps: int | None = typer.Option(None, "--steps", help="Base optimiser steps (override)."),
     length: int | None = typer.Option(None, "--length", help="Words per sequence (override)."),
+    deep: bool = typer.Option(
+        False,
+        "--deep",
+        help="Train only the deeper base (4 layers x 8 heads) into the data folder's "
+        "organism/deep (the base of planted organisms).",
+    ),
 ) -> None:
     """Train world -> base -> reward model -> RLHF and write the folders with their cards
     (with --world, only a base model on that world)."""
@@ -72,17 +78,28 @@ def train(
 
     from lab.errors import LabError
     from lab.organism.pipeline import OrganismConfig, quick_config, train_organism
+    from lab.organism.train import deep_base_config
 
     for name, value in (("--steps", steps), ("--length", length)):
         if value is not None and value < 1:
             raise LabError(f"{name} must be at least 1; got {value}.")
     torch.set_num_threads(threads)
     cfg = quick_config() if quick else OrganismConfig()
+    if deep:
+        if world is not None:
+            raise LabError("--deep trains the story world's deep base; drop --world or --deep.")
+        deep_base = deep_base_config()
+        if quick:
+            deep_base = dataclasses.replace(deep_base, d_model=32, steps=60, batch=32)
+        cfg = dataclasses.replace(cfg, base=deep_base)
     changes = {k: v for k, v in (("steps", steps), ("length", length)) if v is not None}
     if changes:
         cfg = dataclasses.replace(cfg, base=dataclasses.replace(cfg.base, **changes))
     command = "lab organism train" + (" --quick" if quick else "") + f" --seed {seed}"
     command += "".join(f" --{k} {v}" for k, v in changes.items())
+    if deep:
+        _train_deep(out, cfg.base, seed, command + " --deep", quick)
+        return
     if world is not None:
         _train_world(world, out, cfg.base, seed, command, quick)
         return
@@ -93,6 +110,21 @@ def train(
     rows = train_organism(out, cfg, seed=seed, command=command)
     typer.echo(_table(rows))
     typer.echo(f"Wrote {out}/base, rlhf, peak and reward.")
+
+
+def _train_deep(out: Path | None, cfg, seed: int, command: str, quick: bool) -> None:
+    from lab.organism.pipeline import train_world_base
+    from lab.organism.story import story_world
+
+    out = out or (_RUNS / "deep-quick" if quick else _shipped() / "deep")
+    if out.resolve() != (_shipped() / "deep").resolve():
+        command += f" --out {out}"
+    metrics = train_world_base(
+        out, story_world(), cfg, seed=seed, texts=64 if quick else 1024, command=command
+    )
+    keys = ("excess_loss", "kl_to_world", "ece", "belief_probe_r2", "belief_probe_best_layer")
+    typer.echo("deep base: " + ", ".join(f"{k}={metrics[k]:.4g}" for k in keys))
+    typer.echo(f"Wrote {out}/base.")
 
 
 def _train_world(path: Path, out: Path | None, cfg, seed: int, command: str, quick: bool) -> None:
@@ -158,3 +190,14 @@ def _table(rows: dict[str, dict]) -> str:
         rm = rows["reward_model"]
         lines.append("reward model: " + ", ".join(f"{k}={v:.4g}" for k, v in rm.items()))
     return "\n".join(lines)
+
+
+def _register_plant_commands() -> None:
+    from lab.cli.plant import plant_command, plant_suite_command, seeds_command
+
+    app.command("plant")(plant_command)
+    app.command("plant-suite")(plant_suite_command)
+    app.command("seeds")(seeds_command)
+
+
+_register_plant_commands()

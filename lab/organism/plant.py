@@ -53,12 +53,13 @@ class PlantConfig:
 
     drift_steps: int = 150  # next-token steps of the drift fine-tune (every weight)
     drift_batch: int = 64  # sequences per drift step
-    drift_lr: float = 2e-3  # Adam learning rate of the drift
+    drift_lr: float = 3e-3  # Adam learning rate of the drift
     drift_shift: float = 1.0  # scene-move rates scaled by exp(U(-shift, shift)), wedding kept
-    drift_spread: float = 1.0  # each component's drift update scaled by exp(U(-spread, spread))
+    drift_spread: float = 1.5  # each component's drift update scaled by exp(U(-spread, spread))
     rlhf: RLHFConfig = field(
-        default_factory=lambda: RLHFConfig(steps=150, lr=1e-3, log_every=1_000_000)
-    )  # RLOO with only the planted components trainable
+        default_factory=lambda: RLHFConfig(steps=100, lr=1e-3, log_every=1_000_000)
+    )  # RLOO with only the planted components trainable (lr: the heads')
+    mlp_lr: float = 3e-4  # RLOO learning rate of planted MLP weights (a head's is rlhf.lr)
     eval_prompts: int = 256  # world prompts for wedding reach (one continuation each)
     eval_seed: int = 1_000_003  # seed of the evaluation prompts and continuations
 

@@ -72,10 +72,12 @@ def continuation_logprobs(model: GPT2LMHeadModel, tokens: Tensor, start: int) ->
     return logits.log_softmax(-1).gather(-1, tokens[:, start:, None]).squeeze(-1)
 
 
-def _trainable(policy: GPT2LMHeadModel, masks: dict[str, Tensor] | None) -> list[Tensor]:
+def _trainable(
+    policy: GPT2LMHeadModel, masks: dict[str, Tensor] | None
+) -> list[tuple[str, Tensor]]:
     """The parameters to optimise; with ``masks``, gradients are masked to their entries."""
     if masks is None:
-        return list(policy.parameters())
+        return [(k, p.requires_grad_(True)) for k, p in policy.named_parameters()]
     params = dict(policy.named_parameters())
     unknown = sorted(set(masks) - set(params))
     if unknown:
@@ -85,7 +87,7 @@ def _trainable(policy: GPT2LMHeadModel, masks: dict[str, Tensor] | None) -> list
         if name in masks:
             keep = masks[name].to(p.dtype)
             p.register_hook(lambda g, keep=keep: g * keep)
-    return [params[name] for name in masks]
+    return [(name, params[name]) for name in masks]
 
 
 def train_rlhf(
@@ -99,6 +101,7 @@ def train_rlhf(
     peak_key: str = "true_utility",
     progress: bool = True,
     masks: dict[str, Tensor] | None = None,
+    lrs: dict[str, float] | None = None,
 ) -> tuple[GPT2LMHeadModel, list[dict[str, float]], GPT2LMHeadModel | None]:
     """Run RLOO from a copy of ``base``.
 
@@ -106,6 +109,7 @@ def train_rlhf(
     returns (final policy, curve, copy of the policy at the curve's highest ``peak_key``).
     ``masks`` (parameter name -> boolean mask) makes only those entries trainable: every other
     parameter is frozen and masked entries' gradients are zeroed, so they keep their exact values.
+    ``lrs`` (parameter name -> learning rate) overrides ``cfg.lr`` for those parameters.
     """
     if cfg.k < 2 or cfg.beta <= 0:
         raise LabError(f"RLOO needs k >= 2 and beta > 0; got k={cfg.k}, beta={cfg.beta}.")
@@ -115,7 +119,9 @@ def train_rlhf(
     base = base.eval()
     for p in list(base.parameters()) + list(reward_model.parameters()):
         p.requires_grad_(False)
-    opt = torch.optim.Adam(_trainable(policy, masks), lr=cfg.lr)
+    lrs = lrs or {}
+    groups = [{"params": [p], "lr": lrs.get(k, cfg.lr)} for k, p in _trainable(policy, masks)]
+    opt = torch.optim.Adam(groups, lr=cfg.lr)
     start = cfg.prompt_words + 1
     curve: list[dict[str, float]] = []
     peak: tuple[float, GPT2LMHeadModel | None] = (-float("inf"), None)

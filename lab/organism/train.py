@@ -19,7 +19,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from lab.organism.world import HMM
 
-__all__ = ["BaseConfig", "gpt2_config", "train_base", "world_batches"]
+__all__ = ["BaseConfig", "deep_base_config", "gpt2_config", "train_base", "world_batches"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ class BaseConfig:
     warmup: int = 100  # linear warmup steps before cosine decay to 0
     weight_decay: float = 0.01  # AdamW weight decay
     soft_targets: bool = True  # train on exact next-token distributions rather than samples
+
+
+def deep_base_config() -> BaseConfig:
+    """The deeper base (4 layers x 8 heads: 40 components), for planted organisms."""
+    return BaseConfig(n_layer=4, d_model=64, n_head=8, steps=1000, batch=128)
 
 
 def gpt2_config(world: HMM, cfg: BaseConfig) -> GPT2Config:

@@ -1,0 +1,167 @@
+"""The planted suite and the seed reruns: generated organisms that live in a cache, never in git.
+
+``plant_suite(out)`` builds every pair of ``SUITE`` (one head, one MLP, two heads in different
+layers, a head and an MLP, an early-layer set, a late-layer set, sets of three and four) under
+``out/NAME``, skipping pairs whose ``tuned/card.json`` already records the same planted set, seed
+and config. ``rlhf_seeds(seeds, out)`` reruns the shipped organism's RLHF (same base, same reward
+model, the card's RLHF config) once per seed, into ``out/seed-S``, for seed-stability checks.
+
+The cache folder is ``$STEERLAB_CACHE`` (default ``~/.cache/steerlab``), sub-folders ``planted``
+and ``seeds``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from lab.checkpoints import organism_dir
+from lab.organism.plant import PlantConfig, plant
+
+__all__ = ["SUITE", "PlantedSpec", "cache_dir", "plant_suite", "rlhf_seeds"]
+
+
+@dataclass(frozen=True)
+class PlantedSpec:
+    """One pair of the suite."""
+
+    name: str  # folder name under the suite's folder
+    components: str  # the planted set, comma-separated component names
+    seed: int  # seed of the drift and the planting RL
+
+
+SUITE: tuple[PlantedSpec, ...] = (
+    PlantedSpec("one-head", "L2H5", 0),
+    PlantedSpec("one-mlp", "L1 MLP", 1),
+    PlantedSpec("two-heads", "L0H3,L3H6", 2),
+    PlantedSpec("head-mlp", "L1H2,L2 MLP", 3),
+    PlantedSpec("early", "L0H1,L0H6", 4),
+    PlantedSpec("late", "L3H2,L3H7", 5),
+    PlantedSpec("three", "L0H4,L2H1,L3 MLP", 6),
+    PlantedSpec("four-heads", "L1H0,L1H7,L2H3,L3H4", 7),
+)
+
+
+def cache_dir(kind: str = "") -> Path:
+    """``$STEERLAB_CACHE/kind`` (default ``~/.cache/steerlab/kind``), read when called."""
+    root = os.environ.get("STEERLAB_CACHE") or Path.home() / ".cache" / "steerlab"
+    return Path(root).expanduser() / kind
+
+
+def _built(folder: Path, planted_card: dict) -> bool:
+    path = folder / "tuned" / "card.json"
+    if not path.exists():
+        return False
+    card = json.loads(path.read_text())
+    return all(card.get(k) == planted_card[k] for k in planted_card)
+
+
+def plant_suite(
+    out: str | Path | None = None,
+    cfg: PlantConfig | None = None,
+    *,
+    base: str | Path | None = None,
+    suite: tuple[PlantedSpec, ...] = SUITE,
+    progress: bool = True,
+    command: str = "",
+) -> dict[str, dict]:
+    """Build (or find) every pair of ``suite``; returns name -> card, with ``built`` and times."""
+    cfg = cfg or PlantConfig()
+    out = Path(out) if out is not None else cache_dir("planted")
+    cards: dict[str, dict] = {}
+    for spec in suite:
+        folder = out / spec.name
+        key = {"seed": spec.seed, "config": json.loads(json.dumps(asdict(cfg)))}
+        if _built(folder, key) and _same_set(folder, spec, base):
+            cards[spec.name] = {**json.loads((folder / "tuned" / "card.json").read_text())}
+            cards[spec.name]["built"] = False
+        else:
+            t0 = time.perf_counter()
+            card = plant(spec.components, folder, cfg, seed=spec.seed, base=base, command=command)
+            cards[spec.name] = {**card, "built": True, "build_s": time.perf_counter() - t0}
+        if progress:
+            c = cards[spec.name]
+            r = c["wedding_reach"]
+            print(
+                f"{spec.name:11s} {', '.join(c['planted']):24s} reach {r['drift']:.3f} -> "
+                f"{r['tuned']:.3f}  weight-norm AUROC {c['weight_norm_auroc']:.2f}"
+                + ("" if c["built"] else "  (cached)"),
+                flush=True,
+            )
+    return cards
+
+
+def _same_set(folder: Path, spec: PlantedSpec, base: str | Path | None) -> bool:
+    from lab.organism.components import parse_components
+
+    card = json.loads((folder / "tuned" / "card.json").read_text())
+    n_layer, n_head = _shape(card["components"])
+    want = parse_components(spec.components, n_layer, n_head)
+    source = str(Path(base) if base is not None else organism_dir("deep/base"))
+    return card["planted"] == want and card.get("base_source") == source
+
+
+def _shape(names: list[str]) -> tuple[int, int]:
+    layers = {n.split("H")[0].split(" ")[0] for n in names}
+    heads = [n for n in names if "MLP" not in n]
+    return len(layers), len(heads) // len(layers)
+
+
+def rlhf_seeds(
+    seeds: tuple[int, ...] = (0, 1, 2),
+    out: str | Path | None = None,
+    *,
+    organism: str | Path | None = None,
+    steps: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Rerun the organism's RLHF once per seed (same base and reward model); returns the
+    ``out/seed-S`` folders (each ``base`` and ``tuned``), skipping those already built."""
+    from lab.organism.evaluate import load_organism
+    from lab.organism.pipeline import _save
+    from lab.organism.rlhf import RLHFConfig, train_rlhf
+
+    src = Path(organism) if organism is not None else organism_dir("")
+    out = Path(out) if out is not None else cache_dir("seeds")
+    org = load_organism(src)
+    cfg = RLHFConfig(**org.cards["rlhf"]["config"]["rlhf"])
+    cfg = replace(cfg, steps=steps) if steps is not None else cfg
+    folders = []
+    for seed in seeds:
+        folder = out / f"seed-{seed}"
+        card = {"role": "tuned", "seed": seed, "rlhf": asdict(cfg), "source": str(src)}
+        done = folder / "tuned" / "card.json"
+        if not (done.exists() and _matches(done, card)):
+            t0 = time.perf_counter()
+            policy = train_rlhf(
+                org.models["base"],
+                org.reward_model,
+                org.world,
+                cfg,
+                org.length,
+                seed,
+                progress=progress,
+            )[0]
+            common = {
+                **card,
+                "world": org.world.to_dict(),
+                "beta": org.beta,
+                "length": org.length,
+                "prompt_words": org.prompt_words,
+                "threads": torch.get_num_threads(),
+                "wall_time_s": time.perf_counter() - t0,
+            }
+            _save(org.models["base"], folder / "base", org.world, {**common, "role": "base"})
+            _save(policy, folder / "tuned", org.world, common)
+        folders.append(folder)
+    return folders
+
+
+def _matches(path: Path, card: dict) -> bool:
+    have = json.loads(path.read_text())
+    return all(have.get(k) == v for k, v in card.items())
