@@ -17,6 +17,9 @@ Quick tour::
     org = load_organism("data/organism")           # models + world + labeler from the cards
     evaluate_organism(org)                          # the metrics table, one dict per row
     evaluate_policy(any_model, org, EvalData.draw(...))  # metrics of any HF model or bridge
+
+    plant("L2H5,L3 MLP", "out")                    # a planted pair from the deep base (out/base,
+    plant_suite()                                   # out/tuned); the suite, into the cache
 """
 
 from lab.organism.bayes import PiStar
@@ -30,15 +33,18 @@ from lab.organism.evaluate import (
 )
 from lab.organism.labeler import Labeler
 from lab.organism.pipeline import OrganismConfig, quick_config, train_organism, train_world_base
+from lab.organism.plant import PlantConfig, plant
 from lab.organism.reward import RewardConfig, RewardModel, train_reward_model
 from lab.organism.rlhf import RLHFConfig, sample_continuations, train_rlhf
 from lab.organism.story import story_labeler, story_world
-from lab.organism.train import BaseConfig, train_base
+from lab.organism.suite import SUITE, plant_suite, rlhf_seeds
+from lab.organism.train import BaseConfig, deep_base_config, train_base
 from lab.organism.world import HMM, Forward, WorldSample
 from lab.organism.worldfile import EdgeHMM, load_world, read_world
 
 __all__ = [
     "HMM",
+    "SUITE",
     "BaseConfig",
     "EdgeHMM",
     "EvalConfig",
@@ -48,16 +54,21 @@ __all__ = [
     "Organism",
     "OrganismConfig",
     "PiStar",
+    "PlantConfig",
     "RLHFConfig",
     "RewardConfig",
     "RewardModel",
     "WorldSample",
+    "deep_base_config",
     "evaluate_organism",
     "evaluate_policy",
     "load_organism",
     "load_world",
+    "plant",
+    "plant_suite",
     "quick_config",
     "read_world",
+    "rlhf_seeds",
     "sample_continuations",
     "story_labeler",
     "story_world",
