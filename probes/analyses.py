@@ -43,6 +43,17 @@ class OrganismData:
     value_rollouts: int = 0  # RLHF rollouts per prefix for the tuned_value target (0: none)
 
 
+@dataclass(frozen=True)
+class WorldData:
+    """Samples of a world file (lab.organism.worldfile) with its exact targets (no utility)."""
+
+    source: str  # 'world'
+    path: str  # the world file (JSON or safetensors), relative to the config or the repository
+    n: int = 128  # sequences
+    length: int = 32  # words per sequence
+    seed: int | None = None  # sampling seed (None: the [run] seed)
+
+
 def find_file(config: SweepConfig, raw: str) -> Path:
     """A dataset file named relative to the config file (or the working folder) or the repo."""
     from lab.checkpoints import data_dir
@@ -96,13 +107,23 @@ def _organism_data(ctx: SweepContext, spec: OrganismData):
     return replace(data, targets={**data.targets, **extra})
 
 
+def _world_data(ctx: SweepContext, spec: WorldData):
+    """A world file's samples: beliefs, next-token distributions and entropies, scenes."""
+    from lab.datasets import Dataset
+    from lab.organism.worldfile import load_world
+
+    world = load_world(find_file(ctx.config, spec.path))
+    gen = torch.Generator().manual_seed(spec.seed if spec.seed is not None else ctx.config.seed)
+    return Dataset.from_organism(world.sample(spec.n, spec.length, gen), None, name="world")
+
+
 def _organism_inputs(config: SweepConfig, spec: OrganismData) -> list[Path]:
     from lab.checkpoints import organism_dir
 
     return [organism_dir("rlhf") / "card.json"]  # the world and the labeler
 
 
-def _file_inputs(config: SweepConfig, spec: FileData) -> list[Path]:
+def _file_inputs(config: SweepConfig, spec: FileData | WorldData) -> list[Path]:
     return [find_file(config, spec.path)]
 
 
@@ -110,6 +131,7 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
     "organism": DatasetSource(OrganismData, _organism_data, _organism_inputs),
     "jsonl": DatasetSource(FileData, _jsonl, _file_inputs),
     "text": DatasetSource(FileData, _text, _file_inputs),
+    "world": DatasetSource(WorldData, _world_data, _file_inputs),
 }
 
 
