@@ -16,14 +16,20 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
 
+from lab.datasets import Dataset
+from lab.store import ActivationStore
+
 __all__ = [
     "ARCHITECTURES",
     "TEST_SPECS",
     "TinySpec",
+    "assert_same_store",
     "corrupted_prompts",
     "make_checkpoint",
     "make_pair",
     "make_tokenizer",
+    "ragged_dataset",
+    "store_contents",
 ]
 
 SPECIALS = ("<bos>", "<eos>", "<pad>", "<unk>")  # ids 0-3, in this order
@@ -204,3 +210,23 @@ def corrupted_prompts(
     for p in positions:
         corrupted[:, p] = torch.randint(5, 300, (batch,), generator=g)
     return clean, corrupted
+
+
+def ragged_dataset(n: int = 7, seed: int = 0) -> Dataset:
+    """``n`` random token sequences of 2-11 ordinary token ids (ragged, so batches pad): the
+    dataset that caching and store tests write."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 12, (n,), generator=g)
+    return Dataset.from_tokens([torch.randint(4, 320, (int(k),), generator=g) for k in lengths])
+
+
+def store_contents(store: ActivationStore) -> dict[str, Tensor]:
+    """Everything a store holds, by ``model/hook``, plus its sequence ids and positions."""
+    out = {f"{m}/{h}": store.read(m, h) for m in store.models for h in store.hooks}
+    return out | {"seq": store.sequence_ids(), "pos": store.positions()}
+
+
+def assert_same_store(a: ActivationStore, b: ActivationStore) -> None:
+    """Assert two stores hold exactly the same tensors."""
+    ca, cb = store_contents(a), store_contents(b)
+    assert ca.keys() == cb.keys() and all(torch.equal(ca[k], cb[k]) for k in ca)
