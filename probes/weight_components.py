@@ -10,7 +10,9 @@ Slices of an HF ``GPT2LMHeadModel`` (``Conv1D`` weights are ``in x out``):
 - MLP ``Ll MLP``: every weight and bias of ``mlp.c_fc`` and ``mlp.c_proj``.
 
 Layer norms, embeddings and the unembedding belong to no component. The physical swap is the
-brute-force reference for component swapping: a deep copy with the slices overwritten.
+brute-force reference for component swapping: a deep copy with the slices overwritten. The
+slices are the planted organisms' own (``lab.organism.components.component_masks``), so the
+benchmark swaps exactly what planting trained.
 """
 
 from __future__ import annotations
@@ -23,16 +25,15 @@ from typing import Any
 import torch
 
 from lab.errors import LabError
+from lab.organism.components import component_masks, relative_change
+from lab.organism.components import component_names as organism_component_names
 
 __all__ = [
     "component_names",
-    "component_slices",
     "parse_component",
     "swap_components",
     "weight_change",
 ]
-
-Slices = list[tuple[str, tuple[slice, ...]]]  # (parameter name, index into it)
 
 
 def _check_gpt2(model: Any) -> None:
@@ -46,12 +47,7 @@ def _check_gpt2(model: Any) -> None:
 def component_names(model: Any) -> list[str]:
     """Every component in block order: ``L0H0``..``L0H{n-1}``, ``L0 MLP``, ``L1H0``, ..."""
     _check_gpt2(model)
-    n_layers, n_heads = model.config.n_layer, model.config.n_head
-    return [
-        name
-        for layer in range(n_layers)
-        for name in [*(f"L{layer}H{h}" for h in range(n_heads)), f"L{layer} MLP"]
-    ]
+    return organism_component_names(model.config.n_layer, model.config.n_head)
 
 
 def parse_component(name: str, valid: Iterable[str]) -> str:
@@ -65,32 +61,6 @@ def parse_component(name: str, valid: Iterable[str]) -> str:
     if canon not in valid:
         raise LabError(f"No component {name!r} in this model; valid names: {', '.join(valid)}.")
     return canon
-
-
-def component_slices(model: Any) -> dict[str, Slices]:
-    """Each component's (parameter name, index) slices, by component name."""
-    _check_gpt2(model)
-    d_model, n_heads = model.config.n_embd, model.config.n_head
-    d_head = d_model // n_heads
-    out: dict[str, Slices] = {}
-    every = (slice(None),)
-    for layer in range(model.config.n_layer):
-        pre = f"transformer.h.{layer}"
-        for h in range(n_heads):
-            cols = [
-                slice(i * d_model + h * d_head, i * d_model + (h + 1) * d_head) for i in range(3)
-            ]
-            out[f"L{layer}H{h}"] = [
-                *((f"{pre}.attn.c_attn.weight", (slice(None), c)) for c in cols),
-                *((f"{pre}.attn.c_attn.bias", (c,)) for c in cols),
-                (f"{pre}.attn.c_proj.weight", (slice(h * d_head, (h + 1) * d_head),)),
-            ]
-        out[f"L{layer} MLP"] = [
-            (f"{pre}.mlp.{part}.{kind}", every)
-            for part in ("c_fc", "c_proj")
-            for kind in ("weight", "bias")
-        ]
-    return out
 
 
 def _check_shapes(a: Any, b: Any) -> None:
@@ -108,26 +78,22 @@ def _check_shapes(a: Any, b: Any) -> None:
 def swap_components(target: Any, source: Any, components: Iterable[str]) -> Any:
     """A deep copy of ``target`` whose named components carry ``source``'s weights."""
     _check_shapes(target, source)
-    slices = component_slices(target)
-    names = [parse_component(c, slices) for c in components]
+    valid = component_names(target)
+    names = [parse_component(c, valid) for c in components]
     out = copy.deepcopy(target)
     params = dict(out.named_parameters())
     src = dict(source.named_parameters())
     for name in names:
-        for pname, index in slices[name]:
-            params[pname][index] = src[pname][index].to(params[pname].device)
+        for pname, owned in component_masks(target, name).items():
+            p = params[pname]
+            p[owned] = src[pname].to(p.device)[owned]
     return out
 
 
 @torch.no_grad()
 def weight_change(base: Any, tuned: Any) -> dict[str, float]:
     """``||W_tuned - W_base|| / ||W_base||`` over each component's slices (Frobenius norm of
-    all its slices together), by component name."""
+    all its slices together), by component name: the planted organisms' own measure
+    (``lab.organism.components.relative_change``), after a shape check."""
     _check_shapes(base, tuned)
-    pb, pt = dict(base.named_parameters()), dict(tuned.named_parameters())
-    out = {}
-    for name, parts in component_slices(base).items():
-        diff = sum(float((pt[p][i].double() - pb[p][i].double()).pow(2).sum()) for p, i in parts)
-        norm = sum(float(pb[p][i].double().pow(2).sum()) for p, i in parts)
-        out[name] = (diff / norm) ** 0.5 if norm else float("inf")
-    return out
+    return relative_change(base, tuned)

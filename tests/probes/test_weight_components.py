@@ -6,9 +6,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lab.errors import LabError
+from lab.organism.components import component_masks
 from probes.weight_components import (
     component_names,
-    component_slices,
     parse_component,
     swap_components,
     weight_change,
@@ -45,9 +45,9 @@ def test_names_and_parsing(models):
 def test_slices_cover_attention_and_mlp_once(models):
     a, _ = models
     counts = {n: torch.zeros_like(p) for n, p in a.named_parameters()}
-    for parts in component_slices(a).values():
-        for pname, index in parts:
-            counts[pname][index] += 1
+    for name in component_names(a):
+        for pname, owned in component_masks(a, name).items():
+            counts[pname][owned] += 1
     for n, c in counts.items():
         if ".attn.c_attn." in n or ".mlp." in n or n.endswith("attn.c_proj.weight"):
             assert (c == 1).all(), n
@@ -60,9 +60,9 @@ def test_swap_changes_only_the_named_component(models):
     swapped = swap_components(a, b, ["L1H2"])
     sa, sb, ss = a.state_dict(), b.state_dict(), swapped.state_dict()
     restored = {n: t.clone() for n, t in ss.items()}
-    for pname, index in component_slices(a)["L1H2"]:
-        assert torch.equal(ss[pname][index], sb[pname][index])
-        restored[pname][index] = sa[pname][index]
+    for pname, owned in component_masks(a, "L1H2").items():
+        assert torch.equal(ss[pname][owned], sb[pname][owned])
+        restored[pname][owned] = sa[pname][owned]
     assert all(torch.equal(restored[n], sa[n]) for n in sa)  # nothing else changed
     # layer 0 computes as a; the residual after block 1 differs
     x = torch.randint(0, 40, (2, 8))
