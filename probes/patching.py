@@ -91,7 +91,7 @@ def _as_sites(sites: str | Iterable[Site], model: Any, n_pos: int, by_position: 
     return sites
 
 
-class _Bound:
+class BoundMetric:
     """A metric with the positions it reads in each prompt and, once the positions read by all
     metrics are known (``index``), where they are among them (``idx``)."""
 
@@ -205,7 +205,7 @@ def patch(
     check_names(metrics)
     mask = check_mask(attention_mask, target_tokens)
     n_pos = target_tokens.shape[1]
-    bound = [_Bound(m, n_pos, mask) for m in metrics]
+    bound = [BoundMetric(m, n_pos, mask) for m in metrics]
     reads = {
         name: sorted({p for m in bound if m.reads == name for p in m.positions})
         for name in dict.fromkeys(m.reads for m in bound)
@@ -240,7 +240,7 @@ def patch(
             src_logits, src_cache = source_model.run_with_cache(
                 source_tokens.to(_device(source_model)),
                 names_filter=lambda n: n in hooks,
-                **_masked(mask, _device(source_model)),
+                **mask_kwargs(mask, _device(source_model)),
             )
         device = run.tokens.device
         acts = {h: src_cache[h].to(device) for h in hooks}
@@ -298,7 +298,7 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def _masked(mask: Tensor | None, device: Any) -> dict[str, Any]:
+def mask_kwargs(mask: Tensor | None, device: Any) -> dict[str, Any]:
     """The forward's keyword for a padding mask (none without one)."""
     return {} if mask is None else {"attention_mask": mask.to(device)}
 
@@ -343,7 +343,7 @@ def patch_jointly(
     mask = check_mask(attention_mask, target_tokens)
     sites = _as_sites(sites, target_model, target_tokens.shape[1], True)
     hooks = sorted({s.hook for s in sites})
-    bound = _Bound(metric, target_tokens.shape[1], mask)
+    bound = BoundMetric(metric, target_tokens.shape[1], mask)
     bound.index(bound.positions)
     seen: dict[str, torch.Tensor] = {}
     readers = []
@@ -352,10 +352,12 @@ def patch_jointly(
         readers = [(bound.reads, lambda act, hook: seen.setdefault("act", act))]
     with torch.inference_mode():
         _, cache = source_model.run_with_cache(
-            source_tokens, names_filter=lambda n: n in hooks, **_masked(mask, _device(source_model))
+            source_tokens,
+            names_filter=lambda n: n in hooks,
+            **mask_kwargs(mask, _device(source_model)),
         )
         fwd_hooks = patching_hooks(sites, cache) + readers
         logits = target_model.run_with_hooks(
-            target_tokens, fwd_hooks=fwd_hooks, **_masked(mask, _device(target_model))
+            target_tokens, fwd_hooks=fwd_hooks, **mask_kwargs(mask, _device(target_model))
         )
         return bound(seen.get("act", logits)[:, bound.positions])

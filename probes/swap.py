@@ -45,7 +45,7 @@ from probes.capture import capture, check_eval
 from probes.cone import run_cone
 from probes.metrics import Metric, check_names, hook_layer
 from probes.padding import check_mask
-from probes.patching import _Bound, _masked, check_prompts
+from probes.patching import BoundMetric, check_prompts, mask_kwargs
 from probes.results import COLUMNS, result_table
 from probes.sites import Site
 from probes.swap_block import donor_acts, input_hooks, swapped_outputs
@@ -133,7 +133,7 @@ def swap_components(
     check_names(metrics)
     mask = check_mask(attention_mask, tokens)
     n_pos, n_layers = tokens.shape[1], int(receiver.cfg.n_layers)
-    bound = [_Bound(m, n_pos, mask) for m in metrics]
+    bound = [BoundMetric(m, n_pos, mask) for m in metrics]
     reads = {
         name: sorted({p for m in bound if m.reads == name for p in m.positions})
         for name in dict.fromkeys(m.reads for m in bound)
@@ -161,7 +161,7 @@ def swap_components(
         src_logits, cache = donor.run_with_cache(
             tokens.to(next(donor.parameters()).device),
             names_filter=lambda n: n in source_hooks,
-            **_masked(mask, next(donor.parameters()).device),
+            **mask_kwargs(mask, next(donor.parameters()).device),
         )
     src_acts = {h: cache[h].to(device) for h in source_hooks}
     base_source = unpatched(src_logits[:, logits].to(device) if logits else None, src_acts)
