@@ -20,6 +20,7 @@ the record:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from lab.errors import LabError
@@ -40,6 +41,7 @@ def spellings(outcome: str, *, merge_case: bool = True, leading_space: bool = Tr
     return list(dict.fromkeys(forms))
 
 
+@functools.lru_cache(maxsize=8)  # a vocabulary scan: once per tokenizer, not per record
 def word_separator(tokenizer: Any) -> str:
     """What ``tokenizer.decode`` puts between two whole-word tokens that neither has alone.
 

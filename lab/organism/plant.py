@@ -58,8 +58,7 @@ class PlantConfig:
     drift_spread: float = 1.5  # each component's drift update scaled by exp(U(-spread, spread))
     rlhf: RLHFConfig = field(
         default_factory=lambda: RLHFConfig(steps=100, lr=1e-3, log_every=1_000_000)
-    )  # RLOO with only the planted components trainable (lr: the heads')
-    mlp_lr: float = 3e-4  # RLOO learning rate of planted MLP weights (a head's is rlhf.lr)
+    )  # RLOO with only the planted components trainable
     eval_prompts: int = 256  # world prompts for wedding reach (one continuation each)
     eval_seed: int = 1_000_003  # seed of the evaluation prompts and continuations
 
@@ -167,7 +166,8 @@ def plant(
     world = HMM.from_dict(base_card["world"])
     length, pw = base_card["length"], cfg.rlhf.prompt_words
     t0 = time.perf_counter()
-    drifted = drift(base_model, drift_world(world, cfg.drift_shift, seed), cfg, seed, length)
+    shifted = drift_world(world, cfg.drift_shift, seed)
+    drifted = drift(base_model, shifted, cfg, seed, length)
     t_drift = time.perf_counter() - t0
     masks = union_masks(drifted, planted)
     tuned = train_rlhf(drifted, rm, world, cfg.rlhf, length, seed, progress=progress, masks=masks)[
@@ -191,7 +191,7 @@ def plant(
         "base_source": str(base_dir),
         "reward_model": str(reward_dir),
         "world": world.to_dict(),
-        "drift_world": drift_world(world, cfg.drift_shift, seed).to_dict(),
+        "drift_world": shifted.to_dict(),
         "beta": cfg.rlhf.beta,
         "length": length,
         "prompt_words": pw,

@@ -101,7 +101,6 @@ def train_rlhf(
     peak_key: str = "true_utility",
     progress: bool = True,
     masks: dict[str, Tensor] | None = None,
-    lrs: dict[str, float] | None = None,
 ) -> tuple[GPT2LMHeadModel, list[dict[str, float]], GPT2LMHeadModel | None]:
     """Run RLOO from a copy of ``base``.
 
@@ -109,7 +108,6 @@ def train_rlhf(
     returns (final policy, curve, copy of the policy at the curve's highest ``peak_key``).
     ``masks`` (parameter name -> boolean mask) makes only those entries trainable: every other
     parameter is frozen and masked entries' gradients are zeroed, so they keep their exact values.
-    ``lrs`` (parameter name -> learning rate) overrides ``cfg.lr`` for those parameters.
     """
     if cfg.k < 2 or cfg.beta <= 0:
         raise LabError(f"RLOO needs k >= 2 and beta > 0; got k={cfg.k}, beta={cfg.beta}.")
@@ -119,9 +117,7 @@ def train_rlhf(
     base = base.eval()
     for p in list(base.parameters()) + list(reward_model.parameters()):
         p.requires_grad_(False)
-    lrs = lrs or {}
-    groups = [{"params": [p], "lr": lrs.get(k, cfg.lr)} for k, p in _trainable(policy, masks)]
-    opt = torch.optim.Adam(groups, lr=cfg.lr)
+    opt = torch.optim.Adam([p for _, p in _trainable(policy, masks)], lr=cfg.lr)
     start = cfg.prompt_words + 1
     curve: list[dict[str, float]] = []
     peak: tuple[float, GPT2LMHeadModel | None] = (-float("inf"), None)
