@@ -7,6 +7,7 @@ Each is ``(SweepContext, params) -> tidy DataFrame``; ``probes.analyses`` regist
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ import pandas as pd
 import torch
 
 from lab.errors import LabError
+from lab.types import Tokens
 from probes.classify import (
     ClassifyConfig,
     classify,
@@ -97,11 +99,10 @@ class PatchingParams:
 def patching_job(ctx: SweepContext, p: PatchingParams) -> pd.DataFrame:
     tokens = _tokens(ctx, p.n_prompts)
     metrics = _metrics(ctx, tokens, p.attractor)
-    names = {m.name: k for k, m in metrics.items()}
-    parts = []
-    for kind in p.sites:
-        for into in ("tuned", "base"):
-            t = cross_model(
+    runs = (
+        (
+            into,
+            cross_model(
                 ctx.pair(),
                 tokens,
                 kind,
@@ -109,11 +110,31 @@ def patching_job(ctx: SweepContext, p: PatchingParams) -> pd.DataFrame:
                 into=into,
                 by_position=p.by_position,
                 config=PatchConfig(progress=False),
-            )
-            parts.append(t.assign(into=into, metric=t.metric.map(names)))
-    # each metric's departure with its interval, so the report can flag shares of noise
+            ),
+        )
+        for kind in p.sites
+        for into in INTO
+    )
+    return _with_departures(ctx, tokens, metrics, _tidy(metrics, runs))
+
+
+INTO = ("tuned", "base")  # both directions of a cross-model analysis
+
+
+def _tidy(metrics: dict[str, Metric], runs: Iterable[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """One table of (direction, result) runs, metrics named by their config keys."""
+    names = {m.name: k for k, m in metrics.items()}
+    parts = [t.assign(into=into, metric=t.metric.map(names)) for into, t in runs]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _with_departures(
+    ctx: SweepContext, tokens: Tokens, metrics: dict[str, Metric], table: pd.DataFrame
+) -> pd.DataFrame:
+    """``table`` with each metric's departure and its interval, so the report can flag shares
+    of noise."""
     gaps = departure(ctx.pair(), tokens, metrics, seed=ctx.config.seed)
-    return pd.concat(parts, ignore_index=True).merge(gaps, on=["metric", "into"], how="left")
+    return table.merge(gaps, on=["metric", "into"], how="left")
 
 
 @dataclass(frozen=True)
@@ -133,22 +154,15 @@ def swap_job(ctx: SweepContext, p: SwapParams) -> pd.DataFrame:
 
     tokens = _tokens(ctx, p.n_prompts)
     metrics = _metrics(ctx, tokens, p.attractor)
-    names = {m.name: k for k, m in metrics.items()}
-    parts = []
-    for into in ("tuned", "base"):
-        t = swap_components(
-            ctx.pair(),
-            tokens,
-            list(metrics.values()),
-            into=into,
-            unit=p.unit,
-            config=SwapConfig(progress=False),
-        )
-        parts.append(t.assign(into=into, metric=t.metric.map(names)))
-    table = pd.concat(parts, ignore_index=True)
+    config = SwapConfig(progress=False)
+    runs = (
+        (into, swap_components(ctx.pair(), tokens, list(metrics.values()), into=into,
+                               unit=p.unit, config=config))
+        for into in INTO
+    )  # fmt: skip
+    table = _tidy(metrics, runs)
     table["component"] = [swapped_name(r.site, r.layer, r.head) for r in table.itertuples()]
-    gaps = departure(ctx.pair(), tokens, metrics, seed=ctx.config.seed)
-    return table.merge(gaps, on=["metric", "into"], how="left")
+    return _with_departures(ctx, tokens, metrics, table)
 
 
 def swapped_name(site: str, layer: int, head) -> str:
