@@ -225,12 +225,14 @@ def patching_hooks(sites: Iterable[Site], cache: Any) -> list[tuple[str, Any]]:
     sites = list(sites)
 
     def make(name: str):
+        here = [s for s in sites if s.hook == name]
+        in_place = any(SITE_KINDS[s.kind].in_place for s in here)  # decided once, not per call
+
         def hook(act: Tensor, hook: Any) -> Tensor:
-            if not any(SITE_KINDS[s.kind].in_place for s in sites if s.hook == name):
+            if not in_place:
                 act = act.clone()  # else the residual itself: see the module docstring
-            for s in sites:
-                if s.hook == name:
-                    patch_activation(act, cache[name].to(act.device), s, 0)
+            for s in here:
+                patch_activation(act, cache[name].to(act.device), s, 0)
             return act
 
         return hook

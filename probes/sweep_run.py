@@ -56,10 +56,7 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    _atomic_bytes(path, df.to_parquet(index=False))
 
 
 def _record(job: Job) -> dict[str, Any]:
