@@ -41,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from lab.cache import cache_pair
-from lab.checkpoints import load_model, local_checkpoint
-from lab.datasets import Dataset
-from lab.models import load_pair
-from lab.store import ActivationStore
+from lab.activations.cache import cache_pair
+from lab.activations.store import ActivationStore
+from lab.datasets.dataset import Dataset
+from lab.models.checkpoints import load_model, local_checkpoint
+from lab.models.pair import load_pair
 from lab.testing import TEST_SPECS, TinySpec, make_pair
 
 GPT2_SMALL = TinySpec(

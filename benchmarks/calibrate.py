@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lab.calibrate import CalibrationConfig, calibrate
-from lab.models import load_pair
+from lab.calibration.calibrate import CalibrationConfig, calibrate
+from lab.models.pair import load_pair
 from lab.testing import TinySpec, make_pair
 
 # name -> shape of the random pair (real models' shapes where named after them)

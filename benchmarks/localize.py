@@ -7,7 +7,7 @@ everywhere (a drift fine-tune of every weight), while the steering (RL towards t
 put into a known set of components (only they trained during RL). Methods (``probes.
 component_scores``): component swapping (locus), cross-model activation patching (mediation,
 today's steering score), attribution patching, relative weight-change norm, and a seeded random
-baseline. Per method, mean and worst over the suite (``probes.localization``):
+baseline. Per method, mean and worst over the suite (``probes.components.localization``):
 
 - ``auroc``: planted vs not planted; ``precision_at_k``: k = the number planted;
 - ``cpr`` / ``cmd``: the faithfulness curve (the share of the departure removed when the method's
@@ -52,14 +52,22 @@ import torch
 from scipy.stats import spearmanr
 from transformers import GPT2LMHeadModel
 
-from lab.checkpoints import load_model, local_checkpoint, organism_dir
-from lab.models import load_pair
+from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
+from lab.models.pair import load_pair
 from lab.organism.plant import PlantConfig
 from lab.organism.rlhf import RLHFConfig
 from lab.organism.story import SCENE_WORDS
 from lab.organism.suite import SUITE, PlantedSpec, cache_dir, plant_suite, rlhf_seeds
 from lab.organism.world import HMM
-from probes.component_scores import (
+from probes.components.gpt2_weights import component_names
+from probes.components.localization import (
+    auroc,
+    faithfulness_areas,
+    precision_at_k,
+    ranking,
+    summarize,
+)
+from probes.components.scores import (
     METHODS,
     METRICS,
     PairInputs,
@@ -67,8 +75,6 @@ from probes.component_scores import (
     physical_swap_scores,
     score_methods,
 )
-from probes.localization import auroc, faithfulness_areas, precision_at_k, ranking, summarize
-from probes.weight_components import component_names
 
 DECIDES = METRICS[0]  # the attractor's probability
 # The suite on the shipped 2-layer base, when the deep base is absent (the same shapes of set).
@@ -142,7 +148,7 @@ def score_pair(x: PairInputs, planted: list[str]) -> dict:
         areas = {m: faithfulness_areas(curve[m]) for m in METRICS}
         out["cpr"][method] = {m: areas[m]["cpr"] for m in METRICS}
         out["cmd"][method] = {m: areas[m]["cmd"] for m in METRICS}
-    brute = physical_swap_scores(x)  # probes.swap against the brute-force weight swap
+    brute = physical_swap_scores(x)  # probes.patching.swap against the brute-force weight swap
     out["swap_vs_physical_max_abs_share_diff"] = max(
         abs(scores["swap"][m][c] - brute[m][c]) for m in METRICS for c in brute[m]
     )

@@ -10,7 +10,7 @@ stands in, and the report says so).
   the largest difference from ``transformer_lens.patching`` on the same inputs (float32).
 - faster: the resid_pre layer-by-position denoising sweep (clean and corrupted prompts differing
   at two positions), ``transformer_lens.patching`` (its clean run_with_cache included) against
-  ``probes.patching.denoise``, alternated, best of the repeats (9 on the organism), one torch
+  ``probes.patching.patch.denoise``, alternated, best of the repeats (9 on the organism), one torch
   thread each by default, timed as ``timeit`` does (garbage collector off during each call).
   ``speedup_vs_transformer_lens`` is the default configuration (exact skip of patches that write
   the target's own values on); ``speedup_all_sites_run`` runs every site's cone;
@@ -42,12 +42,12 @@ import pandas as pd
 import torch
 import transformer_lens.patching as tlp
 
-from lab.models import load_pair
+from lab.models.pair import load_pair
 from lab.testing import TEST_SPECS, TinySpec, make_checkpoint, make_pair
-from probes.attribution import attribute, rank_correlation
-from probes.metrics import KLMetric, LogitDiff, TokenSetProb
-from probes.patching import PatchConfig, cross_model, denoise, patch_jointly, sites_of
-from probes.sites import Site
+from probes.patching.attribution import attribute, rank_correlation
+from probes.patching.metrics import KLMetric, LogitDiff, TokenSetProb
+from probes.patching.patch import PatchConfig, cross_model, denoise, patch_jointly, sites_of
+from probes.patching.sites import Site
 
 GPT2_SMALL = TinySpec(
     arch="gpt2", vocab_size=50257, d_model=768, n_layers=12, n_heads=12, n_ctx=256

@@ -5,7 +5,7 @@ tuned) is run on ~4096 token positions; each block's ``hook_resid_post`` is prob
 label that is a fixed random function of the token (learnable, so accuracy means something).
 Every (model, layer, C) multinomial logistic probe is fitted
 
-- by ``probes.linear.fit_linear``: one call for the whole sweep (on a CPU the feature sets are
+- by ``probes.linear.kinds.fit_linear``: one call for the whole sweep (on a CPU the feature sets are
   solved in turn, each warm-started from the previous layer's answer, and all C values share
   each data pass), and
 - by sklearn ``LogisticRegression`` (lbfgs), layer by layer, as a researcher would run it,
@@ -47,10 +47,10 @@ import torch
 from threadpoolctl import threadpool_limits
 from transformers import GPT2Config, GPT2Model
 
-from probes.linear import fit_linear, get_kind, score_map
-from probes.logistic import logistic_objective
-from probes.solvers import SolverConfig
-from probes.splits import split_by_sequence
+from probes.linear.kinds import fit_linear, get_kind, score_map
+from probes.linear.logistic import logistic_objective
+from probes.linear.solvers import SolverConfig
+from probes.linear.splits import split_by_sequence
 
 # ruff: noqa: E402
 
@@ -141,7 +141,7 @@ def product_floor(stacks, split, fitted, n_cs: int) -> tuple[float, int]:
     around them. Each feature set made two passes per iteration of its slowest problem, each a
     product of its training rows with one column per (C, free class); one such pair of products is
     timed at the same shapes and multiplied out (every class is present: ``N_CLS - 1`` free
-    columns per problem, see ``probes.logistic``)."""
+    columns per problem, see ``probes.linear.logistic``)."""
     x = stacks[0][0, split.train].contiguous()  # row d_model
     cols = n_cs * (N_CLS - 1)
     w, r = torch.randn(cols, x.shape[1]), torch.randn(cols, x.shape[0])
@@ -220,11 +220,11 @@ def organism_report(folder: str, out: str | None, value_rollouts: int) -> dict:
     """Belief, scene, entropy, wedding-reach and tuned-value probes by layer: base, tuned and a
     random init."""
     from lab.organism.evaluate import load_organism
-    from probes.controls import random_init_like
-    from probes.layerwise import ProbeConfig, fit_probes
-    from probes.plots import plot_probe_scores
-    from probes.source import TensorSource
-    from probes.targets import organism_targets, policy_value
+    from lab.organism.targets import organism_targets, policy_value
+    from probes.linear.controls import random_init_like
+    from probes.linear.layerwise import ProbeConfig, fit_probes
+    from probes.linear.plots import plot_probe_scores
+    from probes.linear.source import TensorSource
 
     org = load_organism(folder)
     sample = org.world.sample(1024, org.length, torch.Generator().manual_seed(0))

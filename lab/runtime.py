@@ -12,6 +12,7 @@ import torch
 __all__ = [
     "configure_threads",
     "default_device",
+    "device_of",
     "parse_device",
     "resolve_device",
     "resolve_dtype",
@@ -25,6 +26,11 @@ _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter: where its inputs go."""
+    return next(model.parameters()).device
 
 
 def default_device() -> torch.device:

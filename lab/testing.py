@@ -16,8 +16,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
 
-from lab.datasets import Dataset
-from lab.store import ActivationStore
+from lab.activations.store import ActivationStore
+from lab.datasets.dataset import Dataset
 
 __all__ = [
     "ARCHITECTURES",

@@ -13,13 +13,13 @@ store_app = typer.Typer(name="store", help="Inspect activation stores.", no_args
 
 
 def _jsonl(path: Path, tokenizer, seq_len: int, text_field: str):
-    from lab.datasets import Dataset
+    from lab.datasets.dataset import Dataset
 
     return Dataset.from_jsonl(path, tokenizer, text_field=text_field)
 
 
 def _text(path: Path, tokenizer, seq_len: int, text_field: str):
-    from lab.datasets import Dataset
+    from lab.datasets.dataset import Dataset
 
     return Dataset.from_text_file(path, tokenizer, seq_len=seq_len)
 
@@ -50,9 +50,9 @@ def cache(
     ),
 ) -> None:
     """Run both models on the same batches and store the chosen hooks of both on disk."""
-    from lab.cache import CacheInterrupted, cache_pair, check_options
+    from lab.activations.cache import CacheInterrupted, cache_pair, check_options
     from lab.errors import LabError
-    from lab.models import load_pair
+    from lab.models.pair import load_pair
     from lab.runtime import resolve_device, resolve_dtype
 
     # Every option is checked before a model loads or anything is written.
@@ -130,7 +130,7 @@ def store_info(
     ),
 ) -> None:
     """What a store holds: models, hooks and shapes, tokens, dtype, completeness, versions."""
-    from lab.store import ActivationStore
+    from lab.activations.store import ActivationStore
 
     store = ActivationStore.open(path, verify=verify)
     if as_json:

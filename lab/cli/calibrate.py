@@ -42,11 +42,11 @@ def calibrate(
 ) -> None:
     """Probability mass on the valid outcomes, KL(true || model) over them, entropy, top-outcome
     share and (on the controls) ECE, for the base and the tuned model."""
-    from lab.calibrate import CalibrationConfig
-    from lab.calibrate import calibrate as run_calibration
-    from lab.calibrate_report import format_summary, plot_calibration, summarize
-    from lab.models import load_pair
-    from lab.prompts import find_chat_template
+    from lab.calibration.calibrate import CalibrationConfig
+    from lab.calibration.calibrate import calibrate as run_calibration
+    from lab.calibration.summary import format_summary, plot_calibration, summarize
+    from lab.datasets.prompts import find_chat_template
+    from lab.models.pair import load_pair
 
     pair = load_pair(
         base,

@@ -23,7 +23,7 @@ _RUNS = _REPO / "runs"
 
 def _shipped() -> Path:
     """The shipped organism's folder, read when a command runs ($STEERLAB_DATA may change)."""
-    from lab.checkpoints import organism_dir
+    from lab.models.checkpoints import organism_dir
 
     return organism_dir("")
 

@@ -35,8 +35,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Print a pair's summary: architecture, sizes, parameters, hooks, weight change by layer."""
-    from lab.models import load_pair
-    from lab.summary import pair_summary
+    from lab.models.pair import load_pair
+    from lab.models.summary import pair_summary
 
     pair = load_pair(
         base,

@@ -24,8 +24,8 @@ def sweep(
     ),
 ) -> None:
     """Run a sweep: every job not done yet, in dependency order; rerun after a crash to finish."""
-    from probes.sweep import load_config, run
-    from probes.sweep import plan as job_graph
+    from lab.sweeps.sweep import load_config, run
+    from lab.sweeps.sweep import plan as job_graph
 
     loaded = load_config(
         config, out=out, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
@@ -43,14 +43,14 @@ def report(
     check: bool = typer.Option(False, help="Open it in headless Chromium and check it renders."),
 ) -> None:
     """Write one self-contained HTML report of a run folder."""
-    from lab.report import build_report
+    from lab.report.build import build_report
 
     path, missing = build_report(run_dir, out)
     for note in missing:
         typer.echo(f"missing: {note}", err=True)
     typer.echo(f"report: {path}")
     if check:
-        from lab.browser import check_page
+        from lab.report.browser import check_page
 
         result = check_page(path, path.with_suffix(".png"))
         typer.echo(
@@ -63,7 +63,7 @@ def report(
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """The headline of a run: top steering components with their scores, and what they carry."""
-    from probes.migration import top_steering
+    from probes.components.migration import top_steering
 
     run_dir = Path(run_dir)
     out: dict[str, Any] = {"run_dir": str(run_dir)}
@@ -94,9 +94,9 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run folder (report.html, summary.json)."),
 ) -> None:
     """The main job on the shipped organism: every analysis, the report, a summary."""
-    from lab.checkpoints import data_dir
-    from lab.report import build_report
-    from probes.sweep import load_config, run
+    from lab.models.checkpoints import data_dir
+    from lab.report.build import build_report
+    from lab.sweeps.sweep import load_config, run
 
     config = load_config(data_dir() / "sweeps" / "organism.toml", out=out)
     run(config)

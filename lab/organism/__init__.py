@@ -12,7 +12,8 @@ Quick tour::
 
     mess3 = load_world("data/worlds/mess3.json")   # a world file (see lab.organism.worldfile)
     model = train_base(mess3, BaseConfig())         # a GPT-2 trained on fresh world samples
-    Dataset.from_organism(mess3.sample(256, 31))    # exact beliefs as targets (lab.datasets)
+    Dataset.from_organism(mess3.sample(256, 31))    # exact beliefs as targets
+    (lab.datasets.dataset)
 
     org = load_organism("data/organism")           # models + world + labeler from the cards
     evaluate_organism(org)                          # the metrics table, one dict per row

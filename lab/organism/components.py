@@ -1,6 +1,7 @@
 """Components of a GPT-2 organism as weight slices: names, masks and relative weight change.
 
-Names follow ``probes.classify.component_name``: ``L1H3`` for head 3 of block 1, ``L1 MLP`` for
+Names follow ``probes.components.classify.component_name``: ``L1H3`` for head 3 of block 1, ``L1
+MLP`` for
 block 1's MLP (``L1.mlp`` and ``L1MLP`` are read as the same, any case).
 
 Granularity. A head owns its query, key and value columns of the fused ``attn.c_attn`` weight

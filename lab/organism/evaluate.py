@@ -14,18 +14,17 @@ from pathlib import Path
 import torch
 from transformers import GPT2LMHeadModel
 
-from lab.checkpoints import load_model, local_checkpoint
 from lab.errors import LabError
-from lab.metrics import (
+from lab.models.checkpoints import load_model, local_checkpoint
+from lab.models.outputs import hidden_states, model_logprobs
+from lab.organism.bayes import PiStar
+from lab.organism.labeler import Labeler
+from lab.organism.metrics import (
     as_policy,
     belief_probe_r2,
     generation_metrics,
-    hidden_states,
-    model_logprobs,
     prediction_metrics,
 )
-from lab.organism.bayes import PiStar
-from lab.organism.labeler import Labeler
 from lab.organism.reward import RewardModel
 from lab.organism.world import HMM
 

@@ -19,15 +19,14 @@ from pathlib import Path
 
 import torch
 
-from lab.metrics import (
-    belief_probe_r2,
-    generation_metrics,
-    hidden_states,
-    model_logprobs,
-    prediction_metrics,
-)
+from lab.models.outputs import hidden_states, model_logprobs
 from lab.organism.evaluate import EvalConfig, Organism, evaluate_organism
 from lab.organism.labeler import Labeler
+from lab.organism.metrics import (
+    belief_probe_r2,
+    generation_metrics,
+    prediction_metrics,
+)
 from lab.organism.reward import RewardConfig, train_reward_model
 from lab.organism.rlhf import RLHFConfig, sample_continuations, train_rlhf
 from lab.organism.story import story_labeler, story_world

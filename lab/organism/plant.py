@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 from transformers import GPT2LMHeadModel
 
-from lab.checkpoints import load_model, local_checkpoint, organism_dir
 from lab.errors import LabError
-from lab.metrics import scene_reach
+from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
 from lab.organism.components import (
     auroc,
     component_masks,
@@ -38,6 +37,7 @@ from lab.organism.components import (
     relative_change,
     union_masks,
 )
+from lab.organism.metrics import scene_reach
 from lab.organism.pipeline import _save
 from lab.organism.reward import RewardModel
 from lab.organism.rlhf import RLHFConfig, sample_continuations, train_rlhf

@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
-from lab.checkpoints import load_model, local_checkpoint
+from lab.models.checkpoints import load_model, local_checkpoint
 from lab.organism.labeler import Labeler
 from lab.organism.world import HMM
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lab.checkpoints import organism_dir
+from lab.models.checkpoints import organism_dir
 from lab.organism.plant import PlantConfig, plant
 
 __all__ = ["SUITE", "PlantedSpec", "cache_dir", "plant_suite", "rlhf_seeds"]

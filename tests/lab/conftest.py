@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import lab.cache
-from lab.models import load_pair
+import lab.activations.cache
+from lab.models.pair import load_pair
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def fail_at(monkeypatch):
     (undo with ``monkeypatch.undo()``)."""
 
     def arm(shard: int, error: BaseException) -> None:
-        real = lab.cache.write_shard
+        real = lab.activations.cache.write_shard
 
         def write(path: Path, tensors, metadata):
             if int(metadata["batch"]) == shard:
@@ -30,6 +30,6 @@ def fail_at(monkeypatch):
                 raise error
             return real(path, tensors, metadata)
 
-        monkeypatch.setattr(lab.cache, "write_shard", write)
+        monkeypatch.setattr(lab.activations.cache, "write_shard", write)
 
     return arm

@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import lab.browser
-import lab.report
-from lab.browser import PageCheck
+import lab.report.browser
+import lab.report.build
 from lab.cli import run as cli
+from lab.report.browser import PageCheck
 
 from .test_report import needs_browser
 
@@ -45,7 +45,7 @@ def test_check_failures_exit_non_zero_with_one_line(run_dir, monkeypatch, capsys
         n_figures=0,
         screenshot=run_dir / "report.png",
     )
-    monkeypatch.setattr(lab.browser, "check_page", lambda page, shot, **kw: seen)
+    monkeypatch.setattr(lab.report.browser, "check_page", lambda page, shot, **kw: seen)
     assert cli(["report", str(run_dir), "--check"]) == 1
     err = [e for e in capsys.readouterr().err.splitlines() if not e.startswith("missing: ")]
     assert len(err) == 1 and err[0].startswith("error: The page ")
@@ -53,13 +53,13 @@ def test_check_failures_exit_non_zero_with_one_line(run_dir, monkeypatch, capsys
     assert "0 of 2 circuitsvis elements rendered (not cv-1, cv-2)" in err[0]
     assert not seen.ok
     fine = PageCheck([], ["cv-1"], ["cv-1"], 2, run_dir / "report.png")
-    monkeypatch.setattr(lab.browser, "check_page", lambda page, shot, **kw: fine)
+    monkeypatch.setattr(lab.report.browser, "check_page", lambda page, shot, **kw: fine)
     assert fine.ok and cli(["report", str(run_dir), "--check"]) == 0
 
 
 @needs_browser
 def test_check_of_an_injected_page_exits_non_zero(run_dir, monkeypatch, capsys):
-    monkeypatch.setattr(lab.report, "build_report", _broken_report)
+    monkeypatch.setattr(lab.report.build, "build_report", _broken_report)
     assert cli(["report", str(run_dir), "--check"]) == 1
     captured = capsys.readouterr()
     assert "0/2 circuitsvis elements rendered" in captured.out

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import lab.cache
-import lab.cache_checks
-from lab.cache import cache_pair
+import lab.activations.cache
+import lab.activations.cache_checks
+from lab.activations.cache import cache_pair
+from lab.activations.store import ActivationStore
 from lab.cli import run
-from lab.datasets import Dataset
+from lab.datasets.dataset import Dataset
 from lab.errors import LabError
-from lab.store import ActivationStore
 from lab.testing import assert_same_store, ragged_dataset, store_contents
 
 HOOKS = "resid_post,attn.hook_z,mlp_out,hook_embed"
@@ -123,7 +123,7 @@ def test_full_disk_stops_cleanly_and_resumes(pairs, tmp_path, monkeypatch, fail_
 
 def test_not_enough_disk_is_refused_before_computing(pairs, tmp_path, monkeypatch):
     usage = type("Usage", (), {"free": 1000})
-    monkeypatch.setattr(lab.cache_checks.shutil, "disk_usage", lambda _: usage)
+    monkeypatch.setattr(lab.activations.cache_checks.shutil, "disk_usage", lambda _: usage)
     with pytest.raises(LabError, match=r"needs about .* GiB more but .* has 0.00 GiB free"):
         cache_pair(
             pairs["gpt2"], ragged_dataset(), "resid_post", out=tmp_path / "s", progress=False
@@ -134,9 +134,9 @@ def test_not_enough_disk_is_refused_before_computing(pairs, tmp_path, monkeypatc
 KILLED = """
 import sys, torch
 torch.set_num_threads(1)
-from lab.cache import cache_pair
-from lab.datasets import Dataset
-from lab.models import load_pair
+from lab.activations.cache import cache_pair
+from lab.datasets.dataset import Dataset
+from lab.models.pair import load_pair
 base, tuned, out = sys.argv[1:]
 g = torch.Generator().manual_seed(0)
 ds = Dataset.from_tokens(torch.randint(4, 320, (400, 16), generator=g))

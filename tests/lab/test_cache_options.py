@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-import lab.cache_checks
-from lab.cache import cache_pair
+import lab.activations.cache_checks
+from lab.activations.cache import cache_pair
+from lab.activations.store import ActivationStore
 from lab.cli import run
 from lab.errors import LabError
-from lab.models import load_pair
-from lab.store import ActivationStore
+from lab.models.pair import load_pair
 from lab.testing import assert_same_store, ragged_dataset
 
 
@@ -43,12 +43,12 @@ def test_bad_option_writes_nothing(pairs, tmp_path, option, match):
 
 
 def test_cli_bad_option_is_refused_before_loading(pair_dirs, tmp_path, capsys, monkeypatch):
-    import lab.models
+    import lab.models.pair
 
     def never(*_, **__):
         raise AssertionError("loaded a model before checking the options")
 
-    monkeypatch.setattr(lab.models, "load_pair", never)
+    monkeypatch.setattr(lab.models.pair, "load_pair", never)
     data = tmp_path / "p.txt"
     data.write_text("heads or tails")
     base, tuned = map(str, pair_dirs("gpt2"))
@@ -85,7 +85,7 @@ def test_unwritable_out_is_named_not_a_full_disk(pairs, tmp_path, monkeypatch):
     def denied(root, manifest):
         raise PermissionError(errno.EACCES, "Permission denied", str(root / "manifest.json"))
 
-    monkeypatch.setattr(lab.cache, "write_manifest", denied)
+    monkeypatch.setattr(lab.activations.cache, "write_manifest", denied)
     with pytest.raises(LabError, match=r"Cannot write the store to .*Permission denied") as e:
         cache_pair(pairs["gpt2"], ragged_dataset(), out=tmp_path / "s", progress=False)
     assert "0..-1" not in str(e.value) and "free space" not in str(e.value)
@@ -128,13 +128,13 @@ def test_resume_with_the_checkpoint_named_relative_then_absolute(
 # ---- Ctrl-C (finding 10) -------------------------------------------------------------------------
 SLOW_CLI = """
 import sys, time
-import lab.cache
-import lab.cache_checks
-real = lab.cache.write_shard
+import lab.activations.cache
+import lab.activations.cache_checks
+real = lab.activations.cache.write_shard
 def slow(*args):  # slow enough that SIGINT lands mid-run
     time.sleep(0.2)
     return real(*args)
-lab.cache.write_shard = slow
+lab.activations.cache.write_shard = slow
 from lab.cli import main
 main()
 """
@@ -175,7 +175,7 @@ def test_ctrl_c_exits_130_saying_what_was_kept_then_resume_finishes(pair_dirs, t
 
 # ---- --trust-remote-code (item 6) --------------------------------------------------------------
 def test_cli_cache_passes_trust_remote_code(pair_dirs, tmp_path, capsys, monkeypatch):
-    import lab.models
+    import lab.models.pair
 
     seen = {}
 
@@ -183,7 +183,7 @@ def test_cli_cache_passes_trust_remote_code(pair_dirs, tmp_path, capsys, monkeyp
         seen.update(kwargs)
         raise LabError("stop here")
 
-    monkeypatch.setattr(lab.models, "load_pair", spy)
+    monkeypatch.setattr(lab.models.pair, "load_pair", spy)
     data = tmp_path / "p.txt"
     data.write_text("heads or tails")
     base, tuned = map(str, pair_dirs("gpt2"))

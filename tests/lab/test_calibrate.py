@@ -13,19 +13,19 @@ from matplotlib.figure import Figure
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from lab.calibrate import (
+from lab.calibration.calibrate import (
     CalibrationConfig,
     calibrate,
     expected_calibration_error,
     outcome_scores,
     sequence_logprobs,
 )
-from lab.calibrate_report import format_summary, plot_calibration, summarize
+from lab.calibration.summary import format_summary, plot_calibration, summarize
 from lab.cli import run
+from lab.datasets.outcomes import outcome_sequences
+from lab.datasets.prompts import PromptRecord
 from lab.errors import LabError
-from lab.models import load_pair
-from lab.outcomes import outcome_sequences
-from lab.prompts import PromptRecord
+from lab.models.pair import load_pair
 from lab.testing import TEST_SPECS, make_pair, make_tokenizer
 
 TEMPLATE = (
@@ -300,8 +300,8 @@ def _no_byte_fallback_bpe():
 def test_word_level_tokenizers_spell_each_outcome_as_its_word():
     """The organism's tokenizer joins tokens with spaces on decode: "heads" after "flip" decodes
     as "flip heads", which is the outcome up to that separator, not a different spelling."""
+    from lab.datasets.outcomes import word_separator
     from lab.organism.story import story_world
-    from lab.outcomes import word_separator
 
     world = story_world()
     tok = world.tokenizer()

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from lab import LabError, load_pair
-from lab.checkpoints import data_dir
 from lab.cli import run
+from lab.models.checkpoints import data_dir
+from lab.models.weightfiles import read_header
 from lab.organism.evaluate import load_organism
 from lab.organism.reward import RewardModel
 from lab.testing import TEST_SPECS, make_checkpoint
-from lab.weightfiles import read_header
 
 ORGANISM_PARTS = ("base", "rlhf", "peak", "reward")
 
@@ -120,7 +120,7 @@ def test_remote_code_refusal_names_the_cli_flag(tmp_path, pair_dirs):
 
 @pytest.mark.parametrize("command", ["info", "calibrate"])
 def test_cli_commands_pass_trust_remote_code(monkeypatch, command):
-    import lab.models
+    import lab.models.pair
 
     seen = {}
 
@@ -128,7 +128,7 @@ def test_cli_commands_pass_trust_remote_code(monkeypatch, command):
         seen.update(kw)
         raise LabError("stop here")
 
-    monkeypatch.setattr(lab.models, "load_pair", fake_load_pair)
+    monkeypatch.setattr(lab.models.pair, "load_pair", fake_load_pair)
     assert run([command, "a", "b", "--trust-remote-code"]) == 1
     assert seen["trust_remote_code"] is True
     assert run([command, "a", "b"]) == 1

@@ -41,7 +41,7 @@ def test_errors_are_one_line_with_nonzero_status(pair_dirs, capsys):
 
 
 def test_info_counts_parameters_like_the_checkpoint(pair_dirs, capsys):
-    from lab.memory import count_parameters
+    from lab.models.memory import count_parameters
 
     base, tuned = pair_dirs("gpt2")
     assert run(["info", str(base), str(tuned), "--device", "cpu", "--json"]) == 0

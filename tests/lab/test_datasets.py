@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lab.datasets import Dataset
+from lab.datasets.dataset import Dataset
 from lab.errors import LabError
 from lab.testing import make_tokenizer
 

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from lab.browser import check_page
 from lab.cli import run
+from lab.report.browser import check_page
 
 from .test_report import needs_browser
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from lab.activations.hooks import hook_point, match_hooks, plan_hooks
 from lab.errors import LabError
-from lab.hooks import hook_point, match_hooks, plan_hooks
-from lab.models import load_pair
+from lab.models.pair import load_pair
 
 NAMES = [
     "hook_embed",

@@ -6,7 +6,7 @@ import pytest
 from safetensors import safe_open
 
 from lab.errors import LabError
-from lab.memory import count_parameters
+from lab.models.memory import count_parameters
 
 
 def test_count_parameters_reads_the_headers(pair_dirs):

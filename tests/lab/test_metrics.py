@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lab.errors import LabError
-from lab.metrics import (
+from lab.organism.labeler import Labeler
+from lab.organism.metrics import (
     as_policy,
     belief_probe_r2,
     ece,
@@ -14,7 +15,6 @@ from lab.metrics import (
     scene_reach,
     without_bos,
 )
-from lab.organism.labeler import Labeler
 from lab.organism.story import story_labeler, story_world
 from lab.organism.world import HMM
 

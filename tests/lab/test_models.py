@@ -109,19 +109,19 @@ def test_refuses_a_folder_without_config(tmp_path, pair_dirs):
 
 
 def test_refuses_a_pair_too_large_for_memory(pair_dirs, monkeypatch):
-    import lab.memory
+    import lab.models.memory
 
     base, tuned = pair_dirs("gpt2")
-    n = lab.memory.count_parameters(base)
+    n = lab.models.memory.count_parameters(base)
     hf = AutoModelForCausalLM.from_pretrained(base)
     assert n == sum(p.numel() for p in hf.parameters())
-    monkeypatch.setattr(lab.memory, "available_memory", lambda device: 1000)
+    monkeypatch.setattr(lab.models.memory, "available_memory", lambda device: 1000)
     _refused("needs about .* GiB on cpu .* only 0.0 GiB is free.*bfloat16", base, tuned)
 
 
 def test_load_pair_refuses_a_device_this_machine_lacks(pair_dirs, monkeypatch):
     """Refused up front, also where the memory check is skipped (a size it cannot count)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("lab.models.count_parameters", lambda location: None)
+    monkeypatch.setattr("lab.models.pair.count_parameters", lambda location: None)
     with pytest.raises(LabError, match="cuda"):
         load_pair(*pair_dirs("gpt2"), device="cuda")

@@ -1,5 +1,5 @@
 """Prompt sets: reading and checking JSONL, rendering with and without a chat template, and the
-shipped sets being exactly what ``lab.suites`` writes."""
+shipped sets being exactly what ``lab.datasets.suites`` writes."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import json
 
 import pytest
 
-from lab.checkpoints import data_dir
-from lab.errors import LabError
-from lab.outcomes import spellings
-from lab.prompts import (
+from lab.datasets.outcomes import spellings
+from lab.datasets.prompts import (
     PLAIN_CHAT,
     PromptRecord,
     parse_set_spec,
@@ -18,7 +16,9 @@ from lab.prompts import (
     render,
     write_prompts,
 )
-from lab.suites import SUITES, write_suites
+from lab.datasets.suites import SUITES, write_suites
+from lab.errors import LabError
+from lab.models.checkpoints import data_dir
 from lab.testing import make_tokenizer
 
 TEMPLATE = (
@@ -115,7 +115,9 @@ def test_no_chat_template_when_a_set_asks_for_one():
 def test_shipped_sets_are_what_the_generator_writes(tmp_path):
     for path in write_suites(tmp_path):
         shipped = data_dir() / "prompts" / path.name
-        assert shipped.read_text() == path.read_text(), f"regenerate: python -m lab.suites ({path})"
+        assert shipped.read_text() == path.read_text(), (
+            f"regenerate: python -m lab.datasets.suites ({path})"
+        )
 
 
 @pytest.mark.parametrize("name", [n for n in SUITES if n.startswith("calibration")])

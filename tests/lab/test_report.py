@@ -9,10 +9,10 @@ import tomllib
 import pytest
 
 from lab import LabError
-from lab.browser import check_page, find_chromium
-from lab.checkpoints import data_dir
-from lab.report import build_report
-from probes import sweep
+from lab.models.checkpoints import data_dir
+from lab.report.browser import check_page, find_chromium
+from lab.report.build import build_report
+from lab.sweeps import sweep
 
 needs_browser = pytest.mark.skipif(
     find_chromium() is None and not os.environ.get("STEERLAB_REQUIRE_BROWSER"),
@@ -68,7 +68,7 @@ def _classify_table(kl_gap: float, att_gap: float):
     import numpy as np
     import pandas as pd
 
-    from probes.classify import ClassifyConfig, classify
+    from probes.components.classify import ClassifyConfig, classify
 
     rows = []
     for comp, kind, head in (("L0H0", "head", 0), ("L0 MLP", "mlp", None)):
@@ -162,7 +162,7 @@ def test_a_bad_environment_json_is_named(tmp_path, content):
 
 def test_a_patching_table_carrying_its_departures_is_judged_by_them(tmp_path):
     table = _patching_table({"kl_to_base": 0.4, "attractor_prob": 5.68})
-    # as patching_job writes it when merged with probes.classify.departure (base - tuned)
+    # as patching_job writes it when merged with probes.components.classify.departure (base - tuned)
     noise = table.metric == "attractor_prob"
     table = table.assign(gap=0.003, gap_lo=-0.01, gap_hi=0.016, within_noise=noise)
     table.loc[~noise, ["gap", "gap_lo", "gap_hi"]] = [-0.2, -0.21, -0.19]

@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lab.cache import cache_pair
-from lab.datasets import Dataset
+from lab.activations.cache import cache_pair
+from lab.activations.shards import ShardReader, write_shard
+from lab.activations.store import ActivationStore
+from lab.datasets.dataset import Dataset
 from lab.errors import LabError
-from lab.models import load_pair
-from lab.shards import ShardReader, write_shard
-from lab.store import ActivationStore
+from lab.models.pair import load_pair
 
 
 def test_shard_roundtrip_matches_safetensors(tmp_path):
@@ -40,7 +40,7 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     def explode(*_):
         raise Boom
 
-    monkeypatch.setattr("lab.shards.os.fsync", explode)
+    monkeypatch.setattr("lab.activations.shards.os.fsync", explode)
     with pytest.raises(Boom):
         write_shard(tmp_path / "s.safetensors", {"a": torch.ones(2)}, {})
     assert list(tmp_path.iterdir()) == []

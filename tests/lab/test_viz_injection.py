@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from lab import LabError, viz
-from lab.browser import check_page
-from lab.report import build_report
+from lab import LabError
+from lab.report import html as viz
+from lab.report.browser import check_page
+from lab.report.build import build_report
 
 from .test_report import needs_browser
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from lab import load_pair
-from probes.attribution import attribute, rank_correlation
-from probes.metrics import LogitDiff
-from probes.patching import PatchConfig, cross_model, denoise, patch_jointly, sites_of
+from probes.patching.attribution import attribute, rank_correlation
+from probes.patching.metrics import LogitDiff
+from probes.patching.patch import PatchConfig, cross_model, denoise, patch_jointly, sites_of
 
 QUIET = PatchConfig(progress=False)
 

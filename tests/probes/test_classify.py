@@ -12,13 +12,13 @@ from transformers import AutoModelForCausalLM
 
 from lab import LabError, load_pair
 from lab.testing import make_checkpoint
-from probes import classify as classify_module
-from probes import migration
-from probes.classify import ClassifyConfig, classify, component_sites, score_components
-from probes.metrics import KLMetric
-from probes.migration import layer_summary, migration_map, migration_table, top_steering
-from probes.patching import cross_model
-from probes.sites import Site
+from probes.components import classify as classify_module
+from probes.components import migration
+from probes.components.classify import ClassifyConfig, classify, component_sites, score_components
+from probes.components.migration import layer_summary, migration_map, migration_table, top_steering
+from probes.patching.metrics import KLMetric
+from probes.patching.patch import cross_model
+from probes.patching.sites import Site
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,12 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from lab.checkpoints import load_model, local_checkpoint
 from lab.errors import LabError
-from lab.models import load_pair
+from lab.models.checkpoints import load_model, local_checkpoint
+from lab.models.pair import load_pair
 from lab.testing import TEST_SPECS, make_checkpoint
-from probes.component_scores import (
+from probes.components.gpt2_weights import component_names, swap_components
+from probes.components.scores import (
     METHODS,
     PairInputs,
     departure_values,
@@ -18,7 +19,6 @@ from probes.component_scores import (
     physical_swap_scores,
     score_methods,
 )
-from probes.weight_components import component_names, swap_components
 
 PLANTED = "L1H2"
 

@@ -5,8 +5,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from lab import LabError
-from probes.heatmaps import layer_head_heatmap, layer_position_heatmap
-from probes.patching import COLUMNS
+from probes.patching.heatmaps import layer_head_heatmap, layer_position_heatmap
+from probes.patching.patch import COLUMNS
 
 
 def table(kind, axis, n_layers=2, n=3, metrics=("m",)):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from lab.errors import LabError
-from probes.layerwise import ProbeConfig, fit_probes, layer_of
-from probes.linear import Probe
-from probes.source import TensorSource
-from probes.splits import split_by_sequence
+from probes.linear.kinds import Probe
+from probes.linear.layerwise import ProbeConfig, fit_probes, layer_of
+from probes.linear.source import TensorSource
+from probes.linear.splits import split_by_sequence
 
 
 def build_source(n_seq=20, pos=16, d=8, layers=3, models=("base", "tuned"), seed=0, **targets):

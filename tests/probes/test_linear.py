@@ -7,8 +7,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score
 
 from lab.errors import LabError
-from probes.linear import PROBE_KINDS, Probe, get_kind
-from probes.solvers import SolverConfig
+from probes.linear.kinds import PROBE_KINDS, Probe, get_kind
+from probes.linear.solvers import SolverConfig
 
 
 def _data(n=240, d=6, seed=0):

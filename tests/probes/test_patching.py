@@ -4,13 +4,13 @@ import pytest
 import torch
 import transformer_lens.patching as tlp
 
-import probes.capture
-import probes.cone
+import probes.patching._engine.capture
+import probes.patching._engine.cone
 from lab import LabError
 from lab.testing import corrupted_prompts as prompts
-from probes.metrics import FnMetric, LogitDiff, LogProb
-from probes.patching import PatchConfig, cross_model, denoise, noise, patch, to_grid
-from probes.sites import Site
+from probes.patching.metrics import FnMetric, LogitDiff, LogProb
+from probes.patching.patch import PatchConfig, cross_model, denoise, noise, patch, to_grid
+from probes.patching.sites import Site
 
 ATOL = 1e-5
 QUIET = PatchConfig(rows_per_forward=64, progress=False)
@@ -68,7 +68,7 @@ def test_split_last_block_equals_transformer_lens(
 ):
     """The last block in two passes (keys and values of every row, then only the rows read),
     forced on: two read positions, so lanes hold uneven numbers of reads."""
-    for module in (probes.cone, probes.capture):
+    for module in (probes.patching._engine.cone, probes.patching._engine.capture):
         monkeypatch.setattr(module, "worth_splitting", lambda rows, kept, d_model: True)
     model = loaded_pair(arch).base
     clean, corrupted = prompts()

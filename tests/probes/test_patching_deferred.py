@@ -7,15 +7,15 @@ import pytest
 import torch
 import transformer_lens.patching as tlp
 
-import probes.capture
-import probes.cone
-import probes.patching
+import probes.patching._engine.capture
+import probes.patching._engine.cone
+import probes.patching.patch
 from lab import load_pair
 from lab.testing import TEST_SPECS, make_pair
 from lab.testing import corrupted_prompts as prompts
-from probes.metrics import LogProb
-from probes.patching import PatchConfig, cross_model, denoise, patch_jointly
-from probes.sites import Site
+from probes.patching.metrics import LogProb
+from probes.patching.patch import PatchConfig, cross_model, denoise, patch_jointly
+from probes.patching.sites import Site
 
 ATOL = 1e-5
 QUIET = PatchConfig(rows_per_forward=64, progress=False)
@@ -25,13 +25,13 @@ QUIET = PatchConfig(rows_per_forward=64, progress=False)
 def deferrals(monkeypatch):
     """The ``defer`` argument of every capture made, so a test can see that the path ran."""
     seen = []
-    real = probes.patching.capture
+    real = probes.patching.patch.capture
 
     def spy(*args, **kwargs):
         seen.append(args[5] if len(args) > 5 else kwargs.get("defer", False))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(probes.patching, "capture", spy)
+    monkeypatch.setattr(probes.patching.patch, "capture", spy)
     return seen
 
 
@@ -61,7 +61,7 @@ def test_cross_model_resid_pre_equals_a_full_forward_per_site(
     loaded_pair, monkeypatch, deferrals, split, into
 ):
     if split:  # the last block in two passes (keys of every row, then the rows read)
-        for module in (probes.cone, probes.capture):
+        for module in (probes.patching._engine.cone, probes.patching._engine.capture):
             monkeypatch.setattr(module, "worth_splitting", lambda rows, kept, d_model: True)
     pair = loaded_pair("llama")
     tokens, _ = prompts(batch=3)

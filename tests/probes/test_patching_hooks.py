@@ -6,11 +6,11 @@ import transformer_lens.patching as tlp
 
 from lab import LabError
 from lab.testing import corrupted_prompts as prompts
-from probes.attribution import attribute
-from probes.metrics import HookMetric, LogitDiff
-from probes.patching import PatchConfig, denoise, patch_jointly
-from probes.sites import Site
-from probes.tail import hooked
+from probes.patching._engine.last_block import hooked
+from probes.patching.attribution import attribute
+from probes.patching.metrics import HookMetric, LogitDiff
+from probes.patching.patch import PatchConfig, denoise, patch_jointly
+from probes.patching.sites import Site
 
 ATOL = 1e-5
 QUIET = PatchConfig(rows_per_forward=64, progress=False)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lab import LabError, load_pair
-from probes.metrics import (
+from probes.patching.metrics import (
     FnMetric,
     KLMetric,
     LogitDiff,
@@ -14,7 +14,7 @@ from probes.metrics import (
     check_names,
     read_logits,
 )
-from probes.patching import PatchConfig, denoise, to_grid
+from probes.patching.patch import PatchConfig, denoise, to_grid
 
 torch.manual_seed(0)
 LOGITS = torch.randn(3, 5, 11)

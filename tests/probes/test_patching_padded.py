@@ -6,12 +6,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-import probes.capture
-import probes.cone
+import probes.patching._engine.capture
+import probes.patching._engine.cone
 from lab import LabError
-from probes.metrics import LogitDiff, LogProb
-from probes.patching import PatchConfig, cross_model, denoise, patch_jointly
-from probes.sites import SITE_KINDS, Site
+from probes.patching.metrics import LogitDiff, LogProb
+from probes.patching.patch import PatchConfig, cross_model, denoise, patch_jointly
+from probes.patching.sites import SITE_KINDS, Site
 
 ATOL = 1e-5
 QUIET = PatchConfig(rows_per_forward=64, progress=False)
@@ -125,7 +125,7 @@ def test_padded_batch_equals_each_prompt_alone(loaded_pair, arch, side):
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_batch_with_a_split_last_block(loaded_pair, monkeypatch, side):
-    for module in (probes.cone, probes.capture):
+    for module in (probes.patching._engine.cone, probes.patching._engine.capture):
         monkeypatch.setattr(module, "worth_splitting", lambda rows, kept, d_model: True)
     model = loaded_pair("olmo2").tuned
     clean, corrupted = prompt_set(2)

@@ -6,14 +6,14 @@ rewriting attention's output so that the block's input plus it is the value want
 import pytest
 import torch
 
-import probes.capture
-import probes.cone
-import probes.sites
+import probes.patching._engine.capture
+import probes.patching._engine.cone
+import probes.patching.sites
 from lab import LabError
 from lab.testing import corrupted_prompts as prompts
-from probes.metrics import LogProb
-from probes.patching import PatchConfig, cross_model, denoise, patch_jointly
-from probes.sites import Site, patching_hooks, site_kind
+from probes.patching.metrics import LogProb
+from probes.patching.patch import PatchConfig, cross_model, denoise, patch_jointly
+from probes.patching.sites import Site, patching_hooks, site_kind
 
 ATOL = 1e-5
 QUIET = PatchConfig(rows_per_forward=64, progress=False)
@@ -115,7 +115,7 @@ def test_residual_sites_set_the_residual_within_a_model(loaded_pair, arch):
 
 @pytest.mark.parametrize("arch", ["llama", "olmo2"])
 def test_residual_sites_set_the_residual_with_a_split_last_block(loaded_pair, monkeypatch, arch):
-    for module in (probes.cone, probes.capture):
+    for module in (probes.patching._engine.cone, probes.patching._engine.capture):
         monkeypatch.setattr(module, "worth_splitting", lambda rows, kept, d_model: True)
     model = loaded_pair(arch).tuned
     clean, corrupted = prompts()
@@ -170,7 +170,7 @@ def test_in_place_sites_are_refused_where_a_write_misses_the_residual(loaded_pai
     def copy(act, hook):
         return act.clone()  # a bridge that hands its hook a copy: in-place writes are lost
 
-    probes.sites._IN_PLACE_OK.pop(model, None)
+    probes.patching.sites._IN_PLACE_OK.pop(model, None)
     handle = hook.add_hook(copy, dir="fwd")
     try:
         with pytest.raises(LabError, match=r"'resid_mid'.*does not reach the block's residual"):
@@ -178,5 +178,5 @@ def test_in_place_sites_are_refused_where_a_write_misses_the_residual(loaded_pai
     finally:
         handle.hook.remove()
         hook.fwd_hooks[:] = [h for h in hook.fwd_hooks if h is not handle]
-        probes.sites._IN_PLACE_OK.pop(model, None)
+        probes.patching.sites._IN_PLACE_OK.pop(model, None)
     assert site_kind(kind.name, model) is kind

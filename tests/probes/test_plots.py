@@ -5,9 +5,9 @@ import torch
 from matplotlib.figure import Figure
 
 from lab.errors import LabError
-from probes.layerwise import ProbeConfig, fit_probes
-from probes.plots import plot_probe_scores
-from probes.source import TensorSource
+from probes.linear.layerwise import ProbeConfig, fit_probes
+from probes.linear.plots import plot_probe_scores
+from probes.linear.source import TensorSource
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import tomllib
 import pandas as pd
 import pytest
 
-from lab.checkpoints import data_dir
-from lab.report import build_report
-from probes import sweep
+from lab.models.checkpoints import data_dir
+from lab.report.build import build_report
+from lab.sweeps import sweep
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "olmo2"])

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from lab import LabError, load_pair
-from probes.cone import cone_positions
-from probes.lanes import pack_lanes
-from probes.sites import SITE_KINDS, Site, enumerate_sites, patch_activation, site_kind
+from probes.patching._engine.cone import cone_positions
+from probes.patching._engine.packing import pack_lanes
+from probes.patching.sites import SITE_KINDS, Site, enumerate_sites, patch_activation, site_kind
 
 
 @pytest.fixture(scope="module")

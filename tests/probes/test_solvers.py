@@ -5,11 +5,11 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 
-import probes.logistic
-from probes.linear import Probe, fit_linear, get_kind
-from probes.logistic import _sum_zero_basis, fit_logistic, logistic_objective
-from probes.solvers import SolverConfig, fit_diff_means, fit_ridge
-from probes.splits import Scaling, split_by_sequence, standardize
+import probes.linear.logistic
+from probes.linear.kinds import Probe, fit_linear, get_kind
+from probes.linear.logistic import _sum_zero_basis, fit_logistic, logistic_objective
+from probes.linear.solvers import SolverConfig, fit_diff_means, fit_ridge
+from probes.linear.splits import Scaling, split_by_sequence, standardize
 
 TIGHT = SolverConfig(tol=1e-9, max_iter=2000)
 
@@ -80,7 +80,8 @@ def test_absent_class_is_masked():
     y = torch.where(y == 2, 0, y)  # class 2 never occurs
     mask = torch.tensor([[True, True, False]])
     fit = fit_logistic(x, y[None], torch.ones(1, len(y)), torch.tensor([1.0]), mask, TIGHT)
-    # Two classes: sklearn's binary model at C equals the multinomial at C / 2 (see probes.linear).
+    # Two classes: sklearn's binary model at C equals the multinomial at C / 2 (see
+    # probes.linear.kinds).
     sk = LogisticRegression(C=2.0, tol=1e-12, max_iter=10000).fit(x[0].numpy(), y.numpy())
     p = torch.softmax((x[0] @ fit.weight[0, 0] + fit.bias[0, 0])[:, :2], -1)
     np.testing.assert_allclose(p.numpy(), sk.predict_proba(x[0].numpy()), atol=1e-5)
@@ -276,7 +277,7 @@ def test_all_feature_sets_in_one_pass_reach_the_same_optimum(monkeypatch, n_cls)
     args = (y[None].expand(2, -1), torch.ones(2, 300), cs, torch.ones(2, n_cls, dtype=torch.bool))
     scaling = Scaling.of(x * 3.0 + 1.0)
     one_by_one = fit_logistic(x * 3.0 + 1.0, *args, TIGHT, scaling=scaling)
-    monkeypatch.setattr(probes.logistic, "_groups", lambda n, device: [slice(0, n)])
+    monkeypatch.setattr(probes.linear.logistic, "_groups", lambda n, device: [slice(0, n)])
     together = fit_logistic(x * 3.0 + 1.0, *args, TIGHT, scaling=scaling)
     torch.testing.assert_close(together.weight, one_by_one.weight, atol=1e-7, rtol=1e-6)
     torch.testing.assert_close(together.bias, one_by_one.bias, atol=1e-7, rtol=1e-6)

@@ -5,8 +5,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lab.errors import LabError
-from probes.controls import make_control, random_init_like
-from probes.splits import split_by_sequence, standardize
+from probes.linear.controls import make_control, random_init_like
+from probes.linear.splits import split_by_sequence, standardize
 
 
 def test_split_keeps_sequences_whole_and_covers_every_row():

@@ -8,7 +8,7 @@ import torch
 
 from lab import LabError
 from lab.organism.story import story_world
-from probes.steering import sample
+from probes.sampling import sample
 
 
 class _BosLover(torch.nn.Module):
@@ -36,7 +36,7 @@ def test_sampling_never_draws_a_special_token():
 
 
 def test_an_explicit_allowed_set_replaces_the_default():
-    from probes.steering import emittable
+    from probes.sampling import emittable
 
     model = _BosLover().eval()
     prompts = torch.zeros(16, 1, dtype=torch.long)
@@ -66,7 +66,7 @@ def test_sampling_from_the_organism_never_emits_bos_mid_sequence():
 
 def test_joint_analysis_on_the_organism_runs(tmp_path):
     """Finding 3's config: organism pair, n = 64, classify then joint with n_prompts = 32."""
-    from probes import sweep
+    from lab.sweeps import sweep
 
     out = sweep.run(
         {

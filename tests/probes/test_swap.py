@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from lab.errors import LabError
-from probes.metrics import KLMetric, LogProb, read_logits
-from probes.swap import Component, SwapConfig, parse_components, swap_components
+from probes.patching.metrics import KLMetric, LogProb, read_logits
+from probes.patching.swap import Component, SwapConfig, parse_components, swap_components
 
 QUIET = SwapConfig(progress=False)
 

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lab.report import build_report
-from probes import sweep
-from probes.heatmaps import component_heatmap
-from probes.migration import locus_map, locus_table
+from lab.report.build import build_report
+from lab.sweeps import sweep
+from probes.components.migration import locus_map, locus_table
+from probes.patching.heatmaps import component_heatmap
 
 
 @pytest.fixture(scope="module")

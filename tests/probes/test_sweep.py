@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from lab import LabError
-from probes import sweep
+from lab.sweeps import sweep
 
 
 def _config(pair_dirs, out, **extra):
@@ -56,7 +56,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_probes_refuse_a_store_built_from_other_models(pair_dirs, tmp_path):
-    from lab.checkpoints import data_dir
+    from lab.models.checkpoints import data_dir
     from lab.testing import TEST_SPECS, make_pair
 
     base, tuned = pair_dirs("gpt2")

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from lab import LabError
-from lab.checkpoints import data_dir
 from lab.cli import run as cli
-from probes import analyses, sweep
-from probes.migration import top_steering
+from lab.models.checkpoints import data_dir
+from lab.sweeps import analyses, sweep
+from probes.components.migration import top_steering
 
 STEERING = str(data_dir() / "prompts" / "steering.jsonl")
 
@@ -166,9 +166,9 @@ def test_examples_read_their_own_pairs_classify(pair_dirs, tmp_path):
 
 
 def test_a_missing_need_is_refused_before_anything_runs(pair_dirs, tmp_path, monkeypatch):
-    import lab.models
+    import lab.models.pair
 
-    monkeypatch.setattr(lab.models, "load_pair", _no_model)
+    monkeypatch.setattr(lab.models.pair, "load_pair", _no_model)
     base, tuned = pair_dirs("gpt2")
     jobs = [
         {"kind": "weights", "pair": "tiny"},

@@ -10,8 +10,8 @@ import time
 
 import pandas as pd
 
-from lab.checkpoints import data_dir
-from probes import sweep
+from lab.models.checkpoints import data_dir
+from lab.sweeps import sweep
 
 KINDS = ("weights", "calibrate", "patching", "classify", "joint", "examples")
 
@@ -35,7 +35,8 @@ def test_kill_9_then_rerun_equals_uninterrupted(pair_dirs, tmp_path):
     config = _config(tmp_path, base, tuned, tmp_path / "killed")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code = (
-        "import sys, torch; torch.set_num_threads(1); import probes.sweep as s; s.run(sys.argv[1])"
+        "import sys, torch; torch.set_num_threads(1); import lab.sweeps.sweep as s; "
+        "s.run(sys.argv[1])"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(config)],

@@ -9,10 +9,10 @@ import tomllib
 import pytest
 
 from lab import LabError
-from lab.checkpoints import data_dir
-from probes import sweep
-from probes.analyses import ANALYSES, DATASET_SOURCES
-from probes.sweep_schema import PairSpec, RunSpec
+from lab.models.checkpoints import data_dir
+from lab.sweeps import sweep
+from lab.sweeps.analyses import ANALYSES, DATASET_SOURCES
+from lab.sweeps.schema import PairSpec, RunSpec
 
 STEERING = str(data_dir() / "prompts" / "steering.jsonl")
 
@@ -48,9 +48,9 @@ def _no_model(*args, **kwargs):
 def valid(pair_dirs, tmp_path, monkeypatch):
     """A valid config with one job of every kind (models may not load)."""
     import lab
-    import lab.models
+    import lab.models.pair
 
-    monkeypatch.setattr(lab.models, "load_pair", _no_model)
+    monkeypatch.setattr(lab.models.pair, "load_pair", _no_model)
     monkeypatch.setattr(lab, "load_pair", _no_model)
     base, tuned = pair_dirs("gpt2")
     return {
@@ -136,9 +136,9 @@ def test_the_common_analysis_keys_are_typed(valid, tmp_path, key):
     ],
 )
 def test_toml_mistakes_name_the_table_and_key(tmp_path, toml, message, monkeypatch):
-    import lab.models
+    import lab.models.pair
 
-    monkeypatch.setattr(lab.models, "load_pair", _no_model)
+    monkeypatch.setattr(lab.models.pair, "load_pair", _no_model)
     text = toml + '\n[[analyses]]\nkind = "weights"\npair = "tiny"\n'
     if toml.startswith("analyses"):
         text = toml

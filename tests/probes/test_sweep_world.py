@@ -6,9 +6,9 @@ import tomllib
 
 import pandas as pd
 
-from lab.checkpoints import data_dir
 from lab.cli import run
-from probes import sweep
+from lab.models.checkpoints import data_dir
+from lab.sweeps import sweep
 
 MESS3 = data_dir() / "worlds" / "mess3.json"
 

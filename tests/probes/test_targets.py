@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lab.errors import LabError
-from probes.targets import organism_targets, reach_probability
+from lab.organism.targets import organism_targets, reach_probability
 
 
 def _brute_force(transition, start, steps, target):
@@ -69,9 +69,9 @@ def test_organism_targets_on_a_tiny_world():
 def test_policy_value_matches_the_exact_one_word_expectation():
     """Monte Carlo value of the tuned organism: 0 at the end, and with one word to come equal to
     the exact expectation under the model's next-token distribution, within its standard error."""
-    from lab.checkpoints import data_dir
+    from lab.models.checkpoints import data_dir
     from lab.organism.evaluate import load_organism
-    from probes.targets import policy_value
+    from lab.organism.targets import policy_value
 
     org = load_organism(data_dir() / "organism")
     model = org.models["rlhf"]
@@ -98,7 +98,7 @@ def test_policy_value_matches_the_exact_one_word_expectation():
 
 def test_policy_value_needs_two_rollouts():
     with pytest.raises(LabError, match="rollouts"):
-        from probes.targets import policy_value
+        from lab.organism.targets import policy_value
 
         policy_value(None, None, torch.zeros(1, 3, dtype=torch.long), rollouts=1)
 
@@ -106,9 +106,9 @@ def test_policy_value_needs_two_rollouts():
 def test_organism_dataset_adds_the_tuned_value_on_request():
     from types import SimpleNamespace
 
-    from lab.checkpoints import data_dir
+    from lab.models.checkpoints import data_dir
     from lab.organism.evaluate import load_organism
-    from probes.analyses import build_dataset
+    from lab.sweeps.analyses import build_dataset
 
     org = load_organism(data_dir() / "organism")
     ctx = SimpleNamespace(config=SimpleNamespace(seed=0, path=None), organism=lambda: org)

@@ -7,7 +7,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from lab.errors import LabError
 from lab.organism.components import component_masks
-from probes.weight_components import (
+from probes.components.gpt2_weights import (
     component_names,
     parse_component,
     swap_components,

@@ -7,8 +7,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lab import load_pair
-from lab.checkpoints import organism_dir
 from lab.errors import LabError
+from lab.models.checkpoints import organism_dir
 from lab.organism.components import (
     auroc,
     component_masks,
@@ -27,8 +27,8 @@ def _tiny(n_layer=2, n_head=4, d=32) -> GPT2LMHeadModel:
 
 
 def test_names_match_probes_and_aliases_are_read():
-    from probes.classify import component_name
-    from probes.sites import Site
+    from probes.components.classify import component_name
+    from probes.patching.sites import Site
 
     names = component_names(2, 4)
     assert names[:5] == ["L0H0", "L0H1", "L0H2", "L0H3", "L0 MLP"] and len(names) == 10
@@ -89,7 +89,7 @@ def planted(tmp_path_factory):
 
 
 def _params(folder):
-    from lab.checkpoints import load_model, local_checkpoint
+    from lab.models.checkpoints import load_model, local_checkpoint
 
     return dict(load_model(GPT2LMHeadModel, local_checkpoint(folder)).named_parameters())
 

@@ -5,8 +5,8 @@ import json
 import torch
 from typer.testing import CliRunner
 
-from lab.checkpoints import organism_dir
 from lab.cli.organism import app
+from lab.models.checkpoints import organism_dir
 from lab.organism.plant import quick_plant_config
 from lab.organism.suite import SUITE, cache_dir, plant_suite, rlhf_seeds
 
@@ -61,7 +61,7 @@ def test_plant_suite_is_idempotent(tmp_path, monkeypatch):
 def test_rlhf_seeds_rerun_the_shipped_rlhf(tmp_path):
     from transformers import GPT2LMHeadModel
 
-    from lab.checkpoints import load_model, local_checkpoint
+    from lab.models.checkpoints import load_model, local_checkpoint
 
     folders = rlhf_seeds((0, 1), tmp_path, steps=1, progress=False)
     assert [f.name for f in folders] == ["seed-0", "seed-1"]

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from lab.checkpoints import data_dir
 from lab.cli import run
 from lab.errors import LabError
+from lab.models.checkpoints import data_dir
 from lab.organism.world import HMM
 from lab.organism.worldfile import EdgeHMM, load_world, read_world
 

@@ -1,0 +1,1 @@
+"""Hooks, recording activations of a pair, and the on-disk activation store."""

@@ -1,0 +1,1 @@
+"""The calibration suite: outcome probabilities, ECE and reliability figures."""

@@ -1,0 +1,1 @@
+"""Token datasets, prompt sets, outcome spellings and the shipped suites."""

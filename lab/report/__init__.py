@@ -1,0 +1,1 @@
+"""The HTML report of a sweep: build, sections, self-contained HTML, browser check."""

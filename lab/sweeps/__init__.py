@@ -1,0 +1,1 @@
+"""Sweeps: a TOML config expands into a job graph; runner and analyses by concern."""

@@ -1,0 +1,297 @@
+"""Sweep analyses that need the live models: cross-model patching, component classification,
+the top components' joint effect on generations, and example pictures for the report.
+
+Each is ``(SweepContext, params) -> tidy DataFrame``; ``lab.sweeps.analyses`` registers them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import torch
+
+from lab.errors import LabError
+from lab.types import Tokens
+from probes.components.classify import (
+    ClassifyConfig,
+    classify,
+    component_site,
+    departure,
+    score_components,
+)
+from probes.components.migration import top_steering
+from probes.patching.metrics import KLMetric, Metric, TokenSetProb
+from probes.patching.patch import PatchConfig, cross_model, patch_jointly
+from probes.patching.sites import Site
+from probes.sampling import per_token_kl, sample
+
+if TYPE_CHECKING:
+    from lab.sweeps.sweep import SweepContext
+
+__all__ = [
+    "ClassifyParams",
+    "ExamplesParams",
+    "JointParams",
+    "PatchingParams",
+    "SwapParams",
+    "classify_job",
+    "examples_job",
+    "joint_job",
+    "patching_job",
+    "swap_job",
+]
+
+WEDDING = ("bride", "groom", "ring", "vows", "cake")  # the organism's attractor scene's words
+
+
+def attractor_ids(ctx: SweepContext, words: list[str]) -> tuple[int, ...]:
+    """Token ids of the attractor words (each must be one token of the pair's vocabulary)."""
+    tok = ctx.pair().tokenizer
+    ids = []
+    for w in words:
+        enc = tok(w, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1 or enc[0] == tok.unk_token_id:
+            raise LabError(f"Attractor word {w!r} is not one token of this tokenizer ({enc}).")
+        ids.append(enc[0])
+    return tuple(ids)
+
+
+def _tokens(ctx: SweepContext, n: int | None) -> torch.Tensor:
+    """The dataset's first ``n`` prompts, cut to the shortest one's length (cross-model patching
+    runs both models on the same tokens, so prompts only need a common length, not alignment)."""
+    data = ctx.dataset()
+    tokens = data.tokens[:n] if n else data.tokens
+    shortest = int(data.lengths[: len(tokens)].min())
+    if shortest < 2:
+        raise LabError("The dataset has a prompt of fewer than 2 tokens; drop it.")
+    return tokens[:, :shortest]
+
+
+def _metrics(ctx: SweepContext, tokens, attractor: list[str] | None) -> dict[str, Metric]:
+    """KL to the base, and the attractor words' probability when there are any (``None``: the
+    wedding words on the organism, none on other pairs)."""
+    if attractor is None:
+        attractor = list(WEDDING) if ctx.organism() is not None else []
+    pair = ctx.pair()
+    pos = tuple(range(tokens.shape[1]))
+    with torch.inference_mode():
+        base_lp = pair.base(tokens.to(pair.device)).log_softmax(-1).float()
+    out: dict[str, Metric] = {"kl_to_base": KLMetric(positions=pos, reference=base_lp)}
+    if attractor:
+        out["attractor_prob"] = TokenSetProb(positions=pos, tokens=attractor_ids(ctx, attractor))
+    return out
+
+
+@dataclass(frozen=True)
+class PatchingParams:
+    """Cross-model patching of every site of some kinds, both directions."""
+
+    sites: list[str] = field(default_factory=lambda: ["z", "mlp_out"])  # site kinds
+    by_position: bool = False  # one patch per position (else all positions at once)
+    attractor: list[str] | None = None  # steering words (None: wedding words on the organism)
+    n_prompts: int | None = 64  # prompts used (None: all of the dataset)
+
+
+def patching_job(ctx: SweepContext, p: PatchingParams) -> pd.DataFrame:
+    tokens = _tokens(ctx, p.n_prompts)
+    metrics = _metrics(ctx, tokens, p.attractor)
+    runs = (
+        (
+            into,
+            cross_model(
+                ctx.pair(),
+                tokens,
+                kind,
+                list(metrics.values()),
+                into=into,
+                by_position=p.by_position,
+                config=PatchConfig(progress=False),
+            ),
+        )
+        for kind in p.sites
+        for into in INTO
+    )
+    return _with_departures(ctx, tokens, metrics, _tidy(metrics, runs))
+
+
+INTO = ("tuned", "base")  # both directions of a cross-model analysis
+
+
+def _tidy(metrics: dict[str, Metric], runs: Iterable[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """One table of (direction, result) runs, metrics named by their config keys."""
+    names = {m.name: k for k, m in metrics.items()}
+    parts = [t.assign(into=into, metric=t.metric.map(names)) for into, t in runs]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _with_departures(
+    ctx: SweepContext, tokens: Tokens, metrics: dict[str, Metric], table: pd.DataFrame
+) -> pd.DataFrame:
+    """``table`` with each metric's departure and its interval, so the report can flag shares
+    of noise."""
+    gaps = departure(ctx.pair(), tokens, metrics, seed=ctx.config.seed)
+    return table.merge(gaps, on=["metric", "into"], how="left")
+
+
+@dataclass(frozen=True)
+class SwapParams:
+    """Component swapping (probes.patching.swap), both directions: whose computation carries the
+    steering."""
+
+    unit: str = "head"  # attention unit: "head" or "kv_group" (every MLP is swapped too)
+    attractor: list[str] | None = None  # steering words (None: wedding words on the organism)
+    n_prompts: int | None = 64  # prompts used (None: all of the dataset)
+
+
+def swap_job(ctx: SweepContext, p: SwapParams) -> pd.DataFrame:
+    """Rows as a patching table's (``probes.patching.table.COLUMNS``) plus ``into``, ``component``
+    and
+    each metric's departure with its interval: ``share`` is the part of the departure removed
+    (into tuned) or induced (into base) by one swap."""
+    from probes.patching.swap import SwapConfig, swap_components
+
+    tokens = _tokens(ctx, p.n_prompts)
+    metrics = _metrics(ctx, tokens, p.attractor)
+    config = SwapConfig(progress=False)
+    runs = (
+        (into, swap_components(ctx.pair(), tokens, list(metrics.values()), into=into,
+                               unit=p.unit, config=config))
+        for into in INTO
+    )  # fmt: skip
+    table = _tidy(metrics, runs)
+    table["component"] = [swapped_name(r.site, r.layer, r.head) for r in table.itertuples()]
+    return _with_departures(ctx, tokens, metrics, table)
+
+
+def swapped_name(site: str, layer: int, head) -> str:
+    """A swap row's component name: ``L2H5``, ``L1G0`` or ``L3.mlp``."""
+    if site == "mlp_out":
+        return f"L{int(layer)}.mlp"
+    return f"L{int(layer)}{'H' if site == 'z' else 'G'}{int(head)}"
+
+
+@dataclass(frozen=True)
+class ClassifyParams:
+    """Prediction and steering scores per component (see probes.components.classify)."""
+
+    n_prompts: int = 128  # prompts (cut into chunks for the bootstrap)
+    n_chunks: int = 8  # bootstrap chunks
+    prediction_threshold: float = 0.02  # nats/token
+    steering_threshold: float = 0.1  # share of the departure
+    attractor: list[str] | None = None  # steering words (None: wedding words on the organism)
+
+
+def classify_job(ctx: SweepContext, p: ClassifyParams) -> pd.DataFrame:
+    tokens = _tokens(ctx, p.n_prompts)
+    cfg = ClassifyConfig(
+        n_chunks=p.n_chunks,
+        prediction_threshold=p.prediction_threshold,
+        steering_threshold=p.steering_threshold,
+        seed=ctx.config.seed,
+    )
+    reference = None
+    if "next_token_probs" in ctx.dataset().targets:  # the organism: the world's exact truth
+        reference = ctx.dataset().targets["next_token_probs"][: len(tokens)].log().clamp_min(-1e4)
+    steering = {k: v for k, v in _metrics(ctx, tokens, p.attractor).items() if k != "kl_to_base"}
+    raw = score_components(ctx.pair(), tokens, reference=reference, steering=steering, config=cfg)
+    return classify(raw, cfg)
+
+
+def _sites(table: pd.DataFrame) -> list[Site]:
+    return [component_site(r.kind, r.layer, r.head) for r in table.itertuples()]
+
+
+@dataclass(frozen=True)
+class JointParams:
+    """The top components together: share of KL and of attractor-reaching they carry."""
+
+    top: int = 5  # how many of the top steering components
+    n_prompts: int = 128  # generation prompts (dataset prefixes)
+    prompt_len: int | None = None  # prompt tokens before each continuation (None: organism's)
+    scene: str = "wedding"  # the organism scene whose reach is counted
+
+
+def joint_job(ctx: SweepContext, p: JointParams) -> pd.DataFrame:
+    from lab.organism.metrics import scene_reach
+
+    scores = ctx.needed("classify")
+    top = top_steering(scores, n=p.top)
+    names, sites, pair = top["component"].tolist(), _sites(top), ctx.pair()
+    tokens = _tokens(ctx, p.n_prompts)
+    kl = _metrics(ctx, tokens, [])["kl_to_base"]
+    kl_tuned = patch_jointly(pair.tuned, tokens, pair.tuned, tokens, [], kl)
+    kl_patched = patch_jointly(pair.tuned, tokens, pair.base, tokens, sites, kl)
+    rows = [
+        {"metric": "kl_to_base_tuned", "value": kl_tuned},
+        {"metric": "kl_to_base_patched", "value": kl_patched},
+        {"metric": "kl_share", "value": 1 - kl_patched / kl_tuned if kl_tuned else 0.0},
+    ]
+    org = ctx.organism()
+    if org is not None:
+        world, start = org.world, p.prompt_len or org.prompt_words + 1
+        prompts, n_new = tokens[:, :start], tokens.shape[1] - start
+        reach = {}
+        for name, model, source in (
+            ("tuned", pair.tuned, None),
+            ("base", pair.base, None),
+            ("patched", pair.tuned, pair.base),
+        ):
+            g = torch.Generator().manual_seed(ctx.config.seed)
+            out = sample(model, prompts, n_new, g, source=source, sites=sites if source else ())
+            reach[name] = scene_reach(world, out, p.scene, start)
+            rows.append({"metric": f"reach_{name}", "value": reach[name]})
+        gap = reach["tuned"] - reach["base"]
+        rows.append(
+            {
+                "metric": "reach_share",
+                "value": (reach["tuned"] - reach["patched"]) / gap if gap else 0.0,
+            }
+        )
+    return pd.DataFrame(rows).assign(components=", ".join(names))
+
+
+@dataclass(frozen=True)
+class ExamplesParams:
+    """Attention patterns of the top steering heads and per-token KL on a tuned continuation."""
+
+    heads: int = 3  # top steering heads to show
+    prompt_len: int = 8  # prompt tokens before the sampled continuation (at most the prompt's)
+    n_new: int = 24  # sampled tokens (fewer if the context is shorter)
+
+
+@torch.inference_mode()
+def examples_job(ctx: SweepContext, p: ExamplesParams) -> pd.DataFrame:
+    pair = ctx.pair()
+    scores = ctx.needed("classify")
+    top = top_steering(scores[scores.kind == "head"], n=p.heads)
+    heads = top["component"].tolist()
+    tokens = _tokens(ctx, 1)
+    g = torch.Generator().manual_seed(ctx.config.seed)
+    prompt = tokens[:, : p.prompt_len]
+    n_new = min(p.n_new, pair.cfg.n_ctx - prompt.shape[1])
+    text = sample(pair.tuned, prompt, n_new, g)
+    words = [pair.tokenizer.decode([t]) for t in text[0].tolist()]
+    _, cache = pair.tuned.run_with_cache(
+        text.to(pair.device), names_filter=lambda n: n.endswith("hook_pattern")
+    )
+    pats = [cache[f"blocks.{s.layer}.attn.hook_pattern"][0, s.head].tolist() for s in _sites(top)]
+    kl = per_token_kl(pair.tuned, pair.base, text)[0]
+    # position t's KL is about the next token: show it on the token it predicts
+    values = [0.0, *kl[:-1].tolist()]
+    rows = [
+        {
+            "kind": "attention",
+            "title": "Top steering heads in tuned: " + ", ".join(heads),
+            "payload": json.dumps({"tokens": words, "pattern": pats, "labels": heads}),
+        },
+        {
+            "kind": "kl_tokens",
+            "title": "Per-token KL(tuned || base) on a tuned continuation",
+            "payload": json.dumps({"tokens": words, "values": values}),
+        },
+    ]
+    return pd.DataFrame(rows)

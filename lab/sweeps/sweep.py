@@ -1,0 +1,280 @@
+"""Sweeps: a TOML config expands into a graph of jobs, each writing one tidy table.
+
+A config names pairs, datasets and analyses::
+
+    [run]
+    out = "runs/organism"            # where results go (relative to the config file)
+
+    [pairs.organism]
+    base = "organism"
+    tuned = "organism"
+
+    [datasets.world]
+    source = "organism"              # a key of lab.sweeps.analyses.DATASET_SOURCES
+    n = 128
+
+    [[analyses]]
+    kind = "probes"                  # a key of lab.sweeps.analyses.ANALYSES
+    pair = "organism"
+    dataset = "world"
+    ...                              # the analysis's own parameters
+
+Each analysis kind is a small strategy in ``lab.sweeps.analyses.ANALYSES``: its parameters (a frozen
+dataclass whose annotations type-check every TOML key before anything loads), the kinds whose
+results it reads (``lab.sweeps.graph`` resolves each to one exact job), and a function from a
+``SweepContext`` and those parameters to a tidy ``DataFrame``. A job's id hashes everything its
+result depends on (``lab.sweeps.identity``), so results of another config are never taken for
+this one's. ``lab.sweeps.runner`` runs the graph and keeps the top-level tables current.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lab.errors import LabError, close_matches
+from lab.sweeps.context import SweepContext
+from lab.sweeps.graph import resolve_needs, topological_order
+from lab.sweeps.identity import digest, identify
+from lab.sweeps.schema import PairSpec, RunSpec, check_table
+
+__all__ = [
+    "Analysis",
+    "DatasetSource",
+    "Job",
+    "SweepConfig",
+    "SweepContext",
+    "load_config",
+    "plan",
+    "run",
+]
+
+_TOP_KEYS = ("run", "pairs", "datasets", "analyses")
+_OPT_INS = {"allow_pickle": "--allow-pickle", "trust_remote_code": "--trust-remote-code"}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One kind of analysis: its parameter class, what it reads, and the function that runs it."""
+
+    params: type  # a frozen dataclass; every TOML key of the analysis must be one of its fields
+    run: Callable[[SweepContext, Any], pd.DataFrame]  # (context, params) -> tidy table
+    needs_pair: bool = True  # whether a job names a pair (and usually a dataset)
+    needs: Callable[[Any], tuple[str, ...]] = lambda params: ()  # params -> kinds it reads
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """One kind of dataset: its spec class, its builder and the files it reads."""
+
+    params: type  # a frozen dataclass of the [datasets.NAME] table's keys (source included)
+    build: Callable[[SweepContext, Any], Any]  # (context, spec) -> lab.datasets.dataset.Dataset
+    inputs: Callable[[SweepConfig, Any], list[Path]]  # files the dataset is made from
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The keys every ``[[analyses]]`` table may have besides the analysis's own parameters."""
+
+    kind: str  # a key of lab.sweeps.analyses.ANALYSES
+    pair: str | None = None  # a name in [pairs]
+    dataset: str | None = None  # a name in [datasets]
+    name: str | None = None  # a name other analyses' use = {...} can pick this job by
+    use: dict[str, str] | None = None  # needed kind -> the name of the job that provides it
+
+
+@dataclass(frozen=True)
+class Job:
+    """One analysis on one pair and dataset, with its parameters and what its result depends on."""
+
+    kind: str  # key of lab.sweeps.analyses.ANALYSES
+    pair: str | None  # name in the config's [pairs]
+    dataset: str | None  # name in the config's [datasets]
+    params: Any  # the analysis's parameter dataclass
+    index: int = 0  # position in the config's [[analyses]]
+    name: str | None = None  # the job's name, if the config gives one
+    use: dict[str, str] | None = field(default=None, hash=False)  # kind -> name of the provider
+    needs: dict[str, str] = field(default_factory=dict, hash=False)  # kind -> id of the provider
+    identity: dict[str, Any] = field(default_factory=dict, hash=False)  # what the result depends on
+
+    @property
+    def id(self) -> str:
+        return f"{self.pair or 'all'}-{self.dataset or 'all'}-{digest(self.identity)}"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A parsed, validated sweep config."""
+
+    path: Path | None  # the TOML file, if read from one
+    out: Path  # output folder
+    seed: int  # base seed for every job
+    device: str | None  # device for models (None: CUDA when available)
+    dtype: str | None  # model dtype (None: float32)
+    pairs: dict[str, dict[str, Any]]  # name -> load_pair keyword arguments (base, tuned, ...)
+    datasets: dict[str, dict[str, Any]]  # name -> dataset spec (source, ...)
+    jobs: list[Job]  # expanded, in config order (jobs[i].index == i)
+    raw: dict[str, Any] = field(repr=False)  # the config as read, written next to the results
+    order: list[int] = field(default_factory=list)  # job indices in dependency order
+
+    def job(self, job_id: str) -> Job:
+        """The job with this id."""
+        return next(j for j in self.jobs if j.id == job_id)
+
+
+def _analyses() -> dict[str, Analysis]:
+    from lab.sweeps.analyses import ANALYSES
+
+    return ANALYSES
+
+
+def _sources() -> dict[str, DatasetSource]:
+    from lab.sweeps.analyses import DATASET_SOURCES
+
+    return DATASET_SOURCES
+
+
+def _refuse_unknown(where: str, what: str, name: Any, valid) -> None:
+    if not isinstance(name, str) or name not in valid:
+        raise LabError(
+            f"{where}: unknown {what} {name!r}. Valid: {', '.join(sorted(valid))}."
+            + close_matches(str(name), valid)
+        )
+
+
+def _check_pairs(pairs: Any, allow: dict[str, bool]) -> None:
+    check_table("[pairs]", pairs, dict)  # a table (of tables)
+    for name, spec in pairs.items():
+        check_table(f"[pairs.{name}]", spec, PairSpec)
+        if spec.get("tuned") is None and spec["base"] != "organism":
+            raise LabError(f"[pairs.{name}] lacks the key 'tuned'; add tuned = ... to it.")
+        for key, flag in _OPT_INS.items():
+            if spec.get(key) and not allow[key]:
+                raise LabError(
+                    f"[pairs.{name}] sets {key} = true, and a config cannot opt in by itself: "
+                    f"run lab sweep with {flag} as well (or remove the key)."
+                )
+
+
+def _check_datasets(datasets: Any) -> None:
+    check_table("[datasets]", datasets, dict)
+    for name, spec in datasets.items():
+        check_table(f"[datasets.{name}]", spec, dict)
+        _refuse_unknown(f"[datasets.{name}]", "source", spec.get("source"), _sources())
+        check_table(f"[datasets.{name}]", spec, _sources()[spec["source"]].params)
+
+
+def _job(i: int, spec: Any, pairs, datasets) -> Job:
+    where = f"analyses[{i}]"
+    check_table(where, spec, dict)
+    analyses = _analyses()
+    _refuse_unknown(where, "kind", spec.get("kind"), analyses)
+    kind = spec["kind"]
+    analysis, common = analyses[kind], [f.name for f in dataclasses.fields(JobSpec)]
+    where = f"{where} ({kind})"
+    check_table(where, {k: v for k, v in spec.items() if k in common}, JobSpec)
+    own = {k: v for k, v in spec.items() if k not in common}
+    check_table(where, own, analysis.params, extra=tuple(common))
+    pair, dataset = spec.get("pair"), spec.get("dataset")
+    if analysis.needs_pair and pair not in pairs:
+        raise LabError(f"{where} names pair {pair!r}; defined: {sorted(pairs)}.")
+    if dataset is not None and dataset not in datasets:
+        raise LabError(f"{where} names dataset {dataset!r}; defined: {sorted(datasets)}.")
+    try:
+        params = analysis.params(**own)
+    except (TypeError, ValueError) as e:
+        raise LabError(f"{where}: {e}") from e
+    return Job(kind, pair, dataset, params, i, spec.get("name"), spec.get("use"))
+
+
+def load_config(
+    source: str | Path | dict[str, Any],
+    *,
+    out: str | Path | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> SweepConfig:
+    """Parse and validate a sweep config (a TOML path or a dict) into a ``SweepConfig``.
+
+    Every table is type-checked and every need resolved before anything loads. A pair may set
+    ``allow_pickle`` or ``trust_remote_code`` only when the caller allows it as well (the CLI's
+    ``--allow-pickle`` and ``--trust-remote-code``): a config cannot opt in by itself.
+    """
+    from lab.runtime import resolve_dtype
+
+    path = None
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise LabError(f"No sweep config at {path}; see data/sweeps/ for examples.")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise LabError(f"{path} is not valid TOML: {e}") from e
+    check_table("The config", raw, dict)
+    bad = sorted(set(raw) - set(_TOP_KEYS))
+    if bad:
+        raise LabError(
+            f"Unknown top-level sections: {', '.join(bad)}. Valid: {', '.join(sorted(_TOP_KEYS))}."
+            + close_matches(bad[0], _TOP_KEYS)
+        )
+    run_cfg = raw.get("run", {})
+    check_table("[run]", run_cfg, RunSpec)
+    pairs, datasets = raw.get("pairs", {}), raw.get("datasets", {})
+    _check_pairs(pairs, {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code})
+    _check_datasets(datasets)
+    for dtype in [run_cfg.get("dtype"), *(p.get("dtype") for p in pairs.values())]:
+        resolve_dtype(dtype)
+    specs = raw.get("analyses", [])
+    if not isinstance(specs, list):
+        raise LabError("analyses must be a list of tables: write each one as [[analyses]].")
+    jobs = [_job(i, spec, pairs, datasets) for i, spec in enumerate(specs)]
+    if not jobs:
+        raise LabError("The config has no [[analyses]]; add at least one.")
+    deps = resolve_needs(jobs, [_analyses()[j.kind].needs(j.params) for j in jobs])
+    root = path.parent if path else Path.cwd()
+    config = SweepConfig(
+        path=path,
+        out=Path(out) if out else root / run_cfg.get("out", RunSpec.out),
+        seed=run_cfg.get("seed", RunSpec.seed),
+        device=run_cfg.get("device"),
+        dtype=run_cfg.get("dtype"),
+        pairs=pairs,
+        datasets=datasets,
+        jobs=jobs,
+        raw=raw,
+        order=topological_order(jobs, deps),
+    )
+    return dataclasses.replace(config, jobs=identify(config, deps))
+
+
+def run(
+    source: str | Path | dict | SweepConfig,
+    *,
+    out: str | Path | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Run every job not yet done, in dependency order; return the output folder."""
+    from lab.sweeps.runner import run_sweep
+
+    if not isinstance(source, SweepConfig):
+        source = load_config(
+            source, out=out, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+        )
+    return run_sweep(source)
+
+
+def plan(source: str | Path | dict | SweepConfig, **load: Any) -> str:
+    """The job graph in run order, each job done, to do, or stale (``lab sweep --plan``)."""
+    from lab.sweeps.runner import plan_text
+
+    return plan_text(source if isinstance(source, SweepConfig) else load_config(source, **load))

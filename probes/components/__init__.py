@@ -1,0 +1,1 @@
+"""Components: classification, the migration map and localization scores."""

@@ -1,0 +1,279 @@
+"""Which components predict and which steer: a prediction score and a steering score per head and
+MLP, in base and in tuned, with bootstrap confidence intervals over prompts.
+
+For a component c (one head's output ``z`` or one MLP's output, at every position) of model m:
+
+- **prediction score**: the extra KL(reference || m), nats per token, when c is resample-ablated
+  in m (its activation taken from other prompts of the batch). The reference is the truth: the
+  world's exact next-token distribution for the organism; the base model's own distribution for a
+  real pair, where the world is unknown.
+- **steering score**: the share of the tuned model's departure from the base that c carries,
+  measured by cross-model patching on the same prompts (``probes.patching.patch.cross_model``). In
+  tuned: the share of KL(tuned || base) (or of a steering metric, e.g. the probability of the
+  attractor words) *removed* when c takes its base activation. In base: the share *induced* when
+  c takes its tuned activation. The migration map draws each component from its base point to
+  its tuned point.
+
+Confidence intervals come from a cluster bootstrap: the prompts are cut into ``n_chunks`` chunks,
+each chunk is patched separately, and chunks are resampled; shares are ratios of resampled means.
+A share divides by the metric's departure (the gap from the patched model's own value to the
+other model's): each steering row carries that gap with its interval, and ``within_noise`` marks
+a gap whose interval includes 0, where the share is a ratio of noise and no finding (nor is it
+labelled steering-like). ``departure`` gives the same interval for a patching table's metrics.
+Labels (prediction-like, steering-like, both, neither) use thresholds from ``ClassifyConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lab.errors import LabError
+from lab.types import Tokens
+from probes.patching.metrics import KLMetric, Metric, read_logits
+from probes.patching.patch import PatchConfig, cross_model, patch
+from probes.patching.sites import Site, enumerate_sites
+
+__all__ = [
+    "ClassifyConfig",
+    "classify",
+    "component_name",
+    "component_site",
+    "component_sites",
+    "departure",
+    "score_components",
+]
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """How components are scored and labelled."""
+
+    n_chunks: int = 8  # prompt chunks; the bootstrap resamples chunks
+    n_boot: int = 1000  # bootstrap resamples
+    ci: float = 0.9  # confidence level of the intervals
+    prediction_threshold: float = 0.02  # nats/token of extra KL that make a component predictive
+    steering_threshold: float = 0.1  # share of the departure that makes a component steer
+    steering_metric: str = "kl_to_base"  # the metric the labels and the map use
+    seed: int = 0  # bootstrap and ablation seed
+
+
+def component_sites(model: Any, n_pos: int) -> list[Site]:
+    """Every head's output and every MLP's output, each at all positions."""
+    heads = enumerate_sites("z", model, n_pos, by_position=False)
+    mlps = enumerate_sites("mlp_out", model, n_pos, by_position=False)
+    return sorted([*heads, *mlps], key=lambda s: (s.layer, s.kind != "z", s.head or 0))
+
+
+def component_site(kind: str, layer: int, head: Any) -> Site:
+    """The patching site of a classified component (a row's ``kind``, ``layer``, ``head``)."""
+    return Site("z", int(layer), int(head)) if kind == "head" else Site("mlp_out", int(layer))
+
+
+def component_name(site: Site) -> str:
+    """``L1H3`` for a head, ``L1 MLP`` for an MLP."""
+    return f"L{site.layer}H{site.head}" if site.kind == "z" else f"L{site.layer} MLP"
+
+
+def _logprobs(model: Any, tokens: Tokens) -> Float[Tensor, "batch pos vocab"]:
+    with torch.inference_mode():
+        return model(tokens.to(next(model.parameters()).device)).log_softmax(-1).float()
+
+
+def _chunk_rows(model_name: str, score: str, metric: str, table: pd.DataFrame, chunk: int):
+    for r in table.itertuples():
+        yield {
+            "component": component_name(Site(r.site, int(r.layer), _opt(r.head))),
+            "kind": "head" if r.site == "z" else "mlp",
+            "layer": int(r.layer),
+            "head": _opt(r.head),
+            "model": model_name,
+            "score": score,
+            "metric": metric,
+            "chunk": chunk,
+            "value": float(r.value),
+            "target": float(r.target),
+            "source": float(r.source),
+        }
+
+
+def _opt(x: Any) -> int | None:
+    return None if pd.isna(x) else int(x)
+
+
+def score_components(
+    pair: Any,
+    tokens: Tokens,
+    *,
+    reference: Float[Tensor, "batch pos vocab"] | None = None,
+    steering: dict[str, Metric] | None = None,
+    config: ClassifyConfig | None = None,
+) -> pd.DataFrame:
+    """Per-chunk raw patching results for every component (see the module doc).
+
+    ``reference``: log-probabilities of the true next-token distribution (the organism's world);
+    None uses the base model's own. ``steering``: extra steering metrics by name (e.g. the
+    attractor's probability), besides ``kl_to_base``.
+    """
+    config = config or ClassifyConfig()
+    n = tokens.shape[0]
+    if n < 2 * config.n_chunks:
+        raise LabError(
+            f"{n} prompts cannot make {config.n_chunks} chunks of at least two (resample "
+            "ablation swaps prompts within a chunk); give more prompts or lower n_chunks."
+        )
+    positions = tuple(range(tokens.shape[1]))
+    base_lp = _logprobs(pair.base, tokens)
+    ref = base_lp if reference is None else reference.float()
+    sites = component_sites(pair.base, tokens.shape[1])
+    quiet = PatchConfig(progress=False)
+    rows: list[dict] = []
+    chunks = torch.arange(n).chunk(config.n_chunks)
+    for c, idx in enumerate(tqdm(chunks, desc="classify", unit="chunk")):
+        toks = tokens[idx]
+        truth = KLMetric(positions=positions, reference=ref[idx], patched_first=False)
+        for role, model in pair.models.items():
+            resampled = toks.roll(1, dims=0)  # every prompt gets another prompt's activation
+            table = patch(
+                model, toks, model, resampled, sites, truth, by_position=False, config=quiet
+            )
+            rows += _chunk_rows(role, "prediction", "kl_to_reference", table, c)
+        metrics = {"kl_to_base": KLMetric(positions=positions, reference=base_lp[idx])}
+        metrics.update(steering or {})
+        names = {m.name: name for name, m in metrics.items()}
+        if len(names) != len(metrics):
+            raise LabError("Steering metrics must be of different types (their names clash).")
+        for into in ("tuned", "base"):
+            table = cross_model(
+                pair,
+                toks,
+                sites,
+                list(metrics.values()),
+                into=into,
+                by_position=False,
+                config=quiet,
+            )
+            for metric_name, part in table.groupby("metric", sort=False):
+                rows += _chunk_rows(into, "steering", names[metric_name], part, c)
+    return pd.DataFrame(rows)
+
+
+def _bootstrap(parts: pd.DataFrame, score: str, rng: np.random.Generator, n_boot: int):
+    """(score, gap) at the point and per resample; the gap is the share's denominator."""
+    v, t, s = (parts[k].to_numpy() for k in ("value", "target", "source"))
+
+    def stat(ix):
+        gap = np.mean(s[ix] - t[ix])
+        if score == "prediction":
+            return float(np.mean(v[ix] - t[ix])), gap
+        return (float(np.mean(v[ix] - t[ix]) / gap) if gap else float("nan")), gap
+
+    point = stat(np.arange(len(v)))
+    boots = np.array([stat(rng.integers(0, len(v), len(v))) for _ in range(n_boot)])
+    return point, boots[:, 0], boots[:, 1]
+
+
+def _interval(boots: np.ndarray, ci: float) -> tuple[float, float]:
+    alpha = (1 - ci) / 2
+    if not np.isfinite(boots).any():
+        return np.nan, np.nan
+    lo, hi = np.nanquantile(boots, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def classify(raw: pd.DataFrame, config: ClassifyConfig | None = None) -> pd.DataFrame:
+    """Scores with confidence intervals and labels, one row per (component, model, score,
+    metric), from ``score_components``'s per-chunk table. A pure function of that table.
+
+    Steering rows also carry ``gap`` (the unpatched source - target, the share's denominator),
+    its interval ``gap_lo``..``gap_hi`` and ``within_noise`` (that interval includes 0)."""
+    config = config or ClassifyConfig()
+    rng = np.random.default_rng(config.seed)
+    keys = ["component", "kind", "layer", "head", "model", "score", "metric"]
+    out = []
+    for key, parts in raw.groupby(keys, sort=False, dropna=False):
+        (point, gap), boots, gaps = _bootstrap(parts, key[5], rng, config.n_boot)
+        lo, hi = _interval(boots, config.ci)
+        row = {**dict(zip(keys, key, strict=True)), "value": point, "lo": lo, "hi": hi}
+        if key[5] == "steering":
+            g_lo, g_hi = _interval(gaps, config.ci)
+            noise = not (g_lo > 0 or g_hi < 0)  # also when the interval is undefined
+            row.update(gap=gap, gap_lo=g_lo, gap_hi=g_hi, within_noise=noise)
+        else:
+            row.update(gap=np.nan, gap_lo=np.nan, gap_hi=np.nan, within_noise=False)
+        out.append(row)
+    table = pd.DataFrame(out)
+    return table.merge(_labels(table, config), on=["component", "model"], how="left")
+
+
+def departure(
+    pair: Any,
+    tokens: Tokens,
+    metrics: dict[str, Metric],
+    *,
+    ci: float = 0.9,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Each metric's departure, as the gap (source - target) a cross-model patching share of it
+    divides by, with a prompt-bootstrap interval; one row per (metric, into).
+
+    Columns ``metric`` (the name given), ``into``, ``gap``, ``gap_lo``, ``gap_hi``,
+    ``within_noise``: merge it into ``cross_model``'s table on ``metric`` and ``into``.
+    """
+    values = {}
+    for role, model in pair.models.items():
+        with torch.inference_mode():
+            logits = model(tokens.to(next(model.parameters()).device)).float()
+            for name, metric in metrics.items():
+                if getattr(metric, "reads", "logits") != "logits":
+                    raise LabError(
+                        f"Metric {name!r} reads {metric.reads}; a departure needs logit metrics."
+                    )
+                values[role, name] = metric(read_logits(logits, metric)).detach().double()
+    values = {k: v.cpu().numpy() for k, v in values.items()}
+    rng = np.random.default_rng(seed)
+    resamples = rng.integers(0, len(tokens), (n_boot, len(tokens)))
+    rows = []
+    for name in metrics:
+        diff = values["base", name] - values["tuned", name]  # into tuned: source base
+        for into, d in (("tuned", diff), ("base", -diff)):
+            lo, hi = _interval(d[resamples].mean(1), ci)
+            noise = not (lo > 0 or hi < 0)
+            rows.append(
+                {
+                    "metric": name,
+                    "into": into,
+                    "gap": float(d.mean()),
+                    "gap_lo": lo,
+                    "gap_hi": hi,
+                    "within_noise": noise,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _labels(table: pd.DataFrame, config: ClassifyConfig) -> pd.DataFrame:
+    pred = table[table.score == "prediction"].set_index(["component", "model"])["value"]
+    steer = table[(table.score == "steering") & (table.metric == config.steering_metric)]
+    steer = steer.set_index(["component", "model"])
+    is_pred = pred >= config.prediction_threshold
+    steering = steer["value"] >= config.steering_threshold
+    if "within_noise" in steer:  # a share of a departure within noise is not steering
+        steering &= ~steer["within_noise"].astype(bool)
+    is_steer = steering.reindex(is_pred.index, fill_value=False)
+    names = {
+        (True, True): "both",
+        (True, False): "prediction-like",
+        (False, True): "steering-like",
+        (False, False): "neither",
+    }
+    labels = [names[(bool(p), bool(s))] for p, s in zip(is_pred, is_steer, strict=True)]
+    return pd.DataFrame({"label": labels}, index=is_pred.index).reset_index()

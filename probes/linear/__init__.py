@@ -1,0 +1,1 @@
+"""Linear probes: kinds, batched solvers, splits, controls, probes by layer."""

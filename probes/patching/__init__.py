@@ -1,0 +1,1 @@
+"""Activation patching and component swapping, exact and batched."""

@@ -1,0 +1,1 @@
+"""The private cone engine behind exact patching and swapping."""
