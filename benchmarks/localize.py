@@ -7,7 +7,7 @@ everywhere (a drift fine-tune of every weight), while the steering (RL towards t
 put into a known set of components (only they trained during RL). Methods (``probes.
 component_scores``): component swapping (locus), cross-model activation patching (mediation,
 today's steering score), attribution patching, relative weight-change norm, and a seeded random
-baseline. Per method, mean and worst over the suite (``probes.components.localization``):
+baseline. Per method, mean and worst over the suite (``lab.organism.localization``):
 
 - ``auroc``: planted vs not planted; ``precision_at_k``: k = the number planted;
 - ``cpr`` / ``cmd``: the faithfulness curve (the share of the departure removed when the method's
@@ -54,19 +54,19 @@ from transformers import GPT2LMHeadModel
 
 from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
 from lab.models.pair import load_pair
-from lab.organism.plant import PlantConfig
-from lab.organism.rlhf import RLHFConfig
-from lab.organism.story import SCENE_WORDS
-from lab.organism.suite import SUITE, PlantedSpec, cache_dir, plant_suite, rlhf_seeds
-from lab.organism.world import HMM
-from probes.components.gpt2_weights import component_names
-from probes.components.localization import (
+from lab.organism.localization import (
     auroc,
     faithfulness_areas,
     precision_at_k,
     ranking,
     summarize,
 )
+from lab.organism.plant import PlantConfig
+from lab.organism.rlhf import RLHFConfig
+from lab.organism.story import SCENE_WORDS
+from lab.organism.suite import SUITE, PlantedSpec, cache_dir, plant_suite, rlhf_seeds
+from lab.organism.world import HMM
+from probes.components.gpt2_weights import component_names
 from probes.components.scores import (
     METHODS,
     METRICS,

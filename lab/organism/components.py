@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import torch
 from jaxtyping import Bool
 from torch import Tensor
@@ -24,7 +23,6 @@ from transformers import GPT2LMHeadModel
 from lab.errors import LabError
 
 __all__ = [
-    "auroc",
     "component_masks",
     "component_names",
     "parse_components",
@@ -133,13 +131,3 @@ def relative_change(before: GPT2LMHeadModel, after: GPT2LMHeadModel) -> dict[str
             den += w0.square().sum().item()
         out[name] = (num / max(den, 1e-30)) ** 0.5
     return out
-
-
-def auroc(scores: dict[str, float], positives: list[str]) -> float:
-    """Area under the ROC curve of ``scores`` for telling ``positives`` from the rest (ties 1/2)."""
-    pos = np.array([scores[k] for k in scores if k in positives])
-    neg = np.array([scores[k] for k in scores if k not in positives])
-    if len(pos) == 0 or len(neg) == 0:
-        raise LabError("AUROC needs at least one planted and one unplanted component.")
-    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(wins / (len(pos) * len(neg)))

@@ -30,13 +30,13 @@ from transformers import GPT2LMHeadModel
 from lab.errors import LabError
 from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
 from lab.organism.components import (
-    auroc,
     component_masks,
     component_names,
     parse_components,
     relative_change,
     union_masks,
 )
+from lab.organism.localization import auroc
 from lab.organism.metrics import scene_reach
 from lab.organism.pipeline import _save
 from lab.organism.reward import RewardModel

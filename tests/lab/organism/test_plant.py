@@ -10,12 +10,12 @@ from lab import load_pair
 from lab.errors import LabError
 from lab.models.checkpoints import organism_dir
 from lab.organism.components import (
-    auroc,
     component_masks,
     component_names,
     parse_components,
     relative_change,
 )
+from lab.organism.localization import auroc
 from lab.organism.plant import plant, quick_plant_config
 
 

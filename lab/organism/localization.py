@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from jaxtyping import Float
-from scipy.stats import rankdata
 
 from lab.errors import LabError
 
@@ -65,10 +64,19 @@ def check_planted(scores: Mapping[str, float], planted: Sequence[str]) -> np.nda
     return mask
 
 
+def _midranks(x: Float[np.ndarray, " n"]) -> Float[np.ndarray, " n"]:
+    """1-based ranks of ``x``, ties sharing their mean rank (scipy's ``rankdata``)."""
+    order = np.argsort(x, kind="mergesort")
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
+    return ranks
+
+
 def auroc(scores: Mapping[str, float], planted: Sequence[str]) -> float:
     """Area under the ROC curve of planted (positive) vs the rest, ties counted half."""
     mask = check_planted(scores, planted)
-    ranks = rankdata(np.array(list(scores.values()), dtype=np.float64))  # mid-ranks for ties
+    ranks = _midranks(np.array(list(scores.values()), dtype=np.float64))
     n_pos, n_neg = int(mask.sum()), int((~mask).sum())
     u = ranks[mask].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))

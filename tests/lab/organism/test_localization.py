@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from lab.errors import LabError
-from probes.components.localization import (
+from lab.organism.localization import (
     auroc,
     faithfulness_areas,
     precision_at_k,
