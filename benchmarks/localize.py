@@ -64,8 +64,9 @@ from lab.organism.localization import (
 from lab.organism.plant import PlantConfig
 from lab.organism.rlhf import RLHFConfig
 from lab.organism.story import SCENE_WORDS
-from lab.organism.suite import SUITE, PlantedSpec, cache_dir, plant_suite, rlhf_seeds
+from lab.organism.suite import SUITE, PlantedSpec, plant_suite, rlhf_seeds
 from lab.organism.world import HMM
+from lab.runtime import cache_dir
 from probes.components.gpt2_weights import component_names
 from probes.components.scores import (
     METHODS,

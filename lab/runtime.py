@@ -6,10 +6,12 @@ Nothing here runs at import; callers (the CLI, ``load_pair``) ask for it explici
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
 __all__ = [
+    "cache_dir",
     "configure_threads",
     "default_device",
     "device_of",
@@ -26,6 +28,13 @@ _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
+
+
+def cache_dir(kind: str = "") -> Path:
+    """``$STEERLAB_CACHE/kind`` (default ``~/.cache/steerlab/kind``), read when called: where
+    generated checkpoints (planted organisms, converted real models) are kept out of git."""
+    root = os.environ.get("STEERLAB_CACHE") or Path.home() / ".cache" / "steerlab"
+    return Path(root).expanduser() / kind
 
 
 def device_of(model: torch.nn.Module) -> torch.device:

@@ -33,7 +33,7 @@ def plant_command(
     import torch
 
     from lab.organism.plant import PlantConfig, plant, quick_plant_config
-    from lab.organism.suite import cache_dir
+    from lab.runtime import cache_dir
 
     torch.set_num_threads(threads)
     slug = components.replace(",", "_").replace(" ", "").replace(".", "")
@@ -65,7 +65,8 @@ def plant_suite_command(
 
     from lab.errors import LabError
     from lab.organism.plant import PlantConfig, quick_plant_config
-    from lab.organism.suite import SUITE, cache_dir, plant_suite
+    from lab.organism.suite import SUITE, plant_suite
+    from lab.runtime import cache_dir
 
     if limit is not None and limit < 1:
         raise LabError(f"--limit must be at least 1; got {limit}.")

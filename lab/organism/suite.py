@@ -13,7 +13,6 @@ and ``seeds``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,8 +21,9 @@ import torch
 
 from lab.models.checkpoints import organism_dir
 from lab.organism.plant import PlantConfig, plant
+from lab.runtime import cache_dir
 
-__all__ = ["SUITE", "PlantedSpec", "cache_dir", "plant_suite", "rlhf_seeds"]
+__all__ = ["SUITE", "PlantedSpec", "plant_suite", "rlhf_seeds"]
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,6 @@ SUITE: tuple[PlantedSpec, ...] = (
     PlantedSpec("three", "L0H4,L2H1,L3 MLP", 6),
     PlantedSpec("four-heads", "L1H0,L1H7,L2H3,L3H4", 7),
 )
-
-
-def cache_dir(kind: str = "") -> Path:
-    """``$STEERLAB_CACHE/kind`` (default ``~/.cache/steerlab/kind``), read when called."""
-    root = os.environ.get("STEERLAB_CACHE") or Path.home() / ".cache" / "steerlab"
-    return Path(root).expanduser() / kind
 
 
 def _built(folder: Path, planted_card: dict) -> bool:

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 from lab.cli.organism import app
 from lab.models.checkpoints import organism_dir
 from lab.organism.plant import quick_plant_config
-from lab.organism.suite import SUITE, cache_dir, plant_suite, rlhf_seeds
+from lab.organism.suite import SUITE, plant_suite, rlhf_seeds
+from lab.runtime import cache_dir
 
 DEEP = organism_dir("deep/base")
 
