@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from lab.cli import cache, calibrate, organism, pair, runs
+from lab.cli import cache, calibrate, fetch, organism, pair, runs
 from lab.errors import LabError
 
 __all__ = ["app", "main", "run"]
@@ -38,6 +38,7 @@ app.command("sweep")(runs.sweep)
 app.command("report")(runs.report)
 app.command("calibrate")(calibrate.calibrate)
 app.command("cache")(cache.cache)
+app.command("fetch")(fetch.fetch_command)
 app.add_typer(cache.store_app, name="store")
 app.add_typer(organism.app, name="organism")
 
