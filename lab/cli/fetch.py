@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from lab.models.gguf import SOURCES, fetch, read_card
+from lab.models.built import read_card
+from lab.models.gguf import SOURCES, fetch
 
 __all__ = ["fetch_command"]
 

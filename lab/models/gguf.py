@@ -21,11 +21,8 @@ installed without its dependencies (``llama-cpp-python`` is a C++ build that the
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.metadata
 import importlib.util
-import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,11 +31,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lab.errors import LabError, close_matches
+from lab.models.built import build_folder, check_space, intact, sha256
 from lab.runtime import cache_dir
 
-__all__ = ["SOURCES", "GGUFSource", "fetch", "intact", "read_card"]
+__all__ = ["SOURCES", "GGUFSource", "fetch"]
 
-CARD = "card.json"
 _EXPANSION = 8  # float32 bytes on disk per GGUF byte, at most (Q4_1 is about 5 bits a weight)
 _MARGIN = 200 * 2**20  # bytes of free space kept besides the converted weights
 
@@ -92,44 +89,7 @@ def _gguf_file(src: GGUFSource) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(2**24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_card(folder: str | Path) -> dict:
-    """The card of a converted folder (empty when there is none or it does not parse)."""
-    try:
-        return json.loads((Path(folder) / CARD).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def intact(folder: str | Path) -> bool:
-    """Whether ``folder`` holds a complete conversion: a card whose checksums all match."""
-    files = read_card(folder).get("sha256")
-    if not files:
-        return False
-    return all(
-        (Path(folder) / f).is_file() and _sha256(Path(folder) / f) == h for f, h in files.items()
-    )
-
-
-def _check_space(folder: Path, gguf: Path) -> None:
-    need = gguf.stat().st_size * _EXPANSION + _MARGIN
-    parent = next(p for p in [folder, *folder.parents] if p.exists())
-    free = shutil.disk_usage(parent).free
-    if free < need:
-        raise LabError(
-            f"Converting {gguf.name} needs about {need / 2**30:.1f} GiB free at {parent}; "
-            f"{free / 2**30:.1f} GiB is. Free some space or pass --out on another disk."
-        )
-
-
-def _convert(src: GGUFSource, gguf: Path, into: Path) -> None:
+def _convert(gguf: Path, into: Path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
@@ -147,26 +107,23 @@ def fetch(name: str, out: str | Path | None = None, *, force: bool = False) -> P
     and return the folder; a complete earlier conversion is reused unless ``force``."""
     src = _source(name)
     folder = Path(out) if out is not None else cache_dir("real") / name
-    if not force and intact(folder):
+    recipe = {"name": name, "source": asdict(src)}
+    if not force and intact(folder, recipe):
         return folder
     gguf = _gguf_file(src)
-    _check_space(folder, gguf)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    start = time.perf_counter()
-    _convert(src, gguf, partial)
-    card = {
-        "name": name,
-        "source": asdict(src) | {"installed": importlib.metadata.version(src.package)},
-        "gguf_sha256": _sha256(gguf),
-        "note": (
-            f"Weights of {src.approximates} dequantized to float32 from its "
-            f"{src.quantization} GGUF, not the hub checkpoint: expect small differences."
-        ),
-        "seconds": round(time.perf_counter() - start, 1),
-        "sha256": {p.name: _sha256(p) for p in sorted(partial.iterdir()) if p.is_file()},
-    }
-    (partial / CARD).write_text(json.dumps(card, indent=2) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    return folder
+    check_space(folder, gguf.stat().st_size * _EXPANSION + _MARGIN)
+
+    def build(into: Path) -> dict:
+        start = time.perf_counter()
+        _convert(gguf, into)
+        return {
+            "installed": importlib.metadata.version(src.package),
+            "gguf_sha256": sha256(gguf),
+            "note": (
+                f"Weights of {src.approximates} dequantized to float32 from its "
+                f"{src.quantization} GGUF, not the hub checkpoint: expect small differences."
+            ),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+
+    return build_folder(folder, recipe, build)

@@ -13,7 +13,7 @@ import pytest
 
 from lab.cli import run
 from lab.errors import LabError
-from lab.models import gguf
+from lab.models import built, gguf
 
 
 @pytest.fixture
@@ -23,9 +23,8 @@ def fake(tmp_path, monkeypatch):
     source.write_bytes(b"GGUF" * 100)
     calls = []
 
-    def convert(src, path, into):
+    def convert(path, into):
         calls.append(into)
-        into.mkdir(parents=True)
         (into / "config.json").write_text('{"model_type": "llama"}')
         (into / "model.safetensors").write_bytes(bytes(range(256)) * 4)
 
@@ -40,10 +39,13 @@ def test_converts_once_then_reuses(fake, tmp_path):
     assert gguf.fetch("smollm2", out) == out
     assert gguf.fetch("smollm2", out) == out
     assert len(fake) == 1
-    card = gguf.read_card(out)
+    card = built.read_card(out)
     assert set(card["sha256"]) == {"config.json", "model.safetensors"}
+    assert card["recipe"]["name"] == "smollm2" and card["gguf_sha256"] == built.sha256(
+        tmp_path / "model.gguf"
+    )
     assert "not the hub checkpoint" in card["note"]
-    assert card["source"]["approximates"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert card["recipe"]["source"]["approximates"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert not (tmp_path / "smollm2.partial").exists()
     gguf.fetch("smollm2", out, force=True)
     assert len(fake) == 2
@@ -56,16 +58,18 @@ def test_corrupted_or_partial_folder_is_rebuilt(fake, tmp_path):
     data = bytearray(weights.read_bytes())
     data[100] ^= 1
     weights.write_bytes(bytes(data))
-    assert not gguf.intact(out)
+    assert not built.intact(out)
     gguf.fetch("smollm2", out)
-    assert len(fake) == 2 and gguf.intact(out)
+    assert len(fake) == 2 and built.intact(out)
     (out / "config.json").unlink()  # a file gone
-    assert not gguf.intact(out)
+    assert not built.intact(out)
     gguf.fetch("smollm2", out)
-    (out / gguf.CARD).write_text("{not json")  # a half-written card
-    assert not gguf.intact(out)
+    (out / built.CARD).write_text("{not json")  # a half-written card
+    assert not built.intact(out)
     gguf.fetch("smollm2", out)
-    assert len(fake) == 4 and json.loads((out / gguf.CARD).read_text())["name"] == "smollm2"
+    assert (
+        len(fake) == 4 and json.loads((out / built.CARD).read_text())["recipe"]["name"] == "smollm2"
+    )
 
 
 def test_unknown_name_is_refused():
@@ -81,7 +85,7 @@ def test_missing_package_names_the_install(monkeypatch, tmp_path):
 
 def test_not_enough_disk_is_refused_before_converting(fake, tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(gguf.shutil, "disk_usage", lambda p: usage._replace(free=10 * 2**20))
+    monkeypatch.setattr(built.shutil, "disk_usage", lambda p: usage._replace(free=10 * 2**20))
     with pytest.raises(LabError, match=r"needs about .* GiB free .* pass --out on another disk"):
         gguf.fetch("smollm2", tmp_path / "x")
     assert fake == [] and not (tmp_path / "x").exists()

@@ -16,7 +16,7 @@ from lab.activations.cache import cache_pair
 from lab.calibration.calibrate import calibrate
 from lab.datasets.dataset import Dataset
 from lab.datasets.prompts import read_prompts, write_prompts
-from lab.models.gguf import intact
+from lab.models.built import intact
 from lab.models.pair import load_pair
 from lab.runtime import cache_dir
 from probes.patching.metrics import LogitDiff
