@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from lab.errors import LabError
-
-if TYPE_CHECKING:
-    from probes.linear.kinds import ProbeKind
 
 __all__ = ["as_stack", "as_values", "check_target"]
 
@@ -40,17 +35,18 @@ def as_values(y: Tensor) -> Float[Tensor, "row out"]:
     return y[:, None] if y.dim() == 1 else y
 
 
-def check_target(kind: ProbeKind, y: Tensor, n_rows: int, name: str) -> None:
-    """Refuse targets of the wrong length, type or content for ``kind``, naming the fix."""
+def check_target(y: Tensor, n_rows: int, name: str, *, kind: str, classification: bool) -> None:
+    """Refuse targets of the wrong length, type or content for the probe kind named ``kind``
+    (class labels when ``classification``, reals otherwise), naming the fix."""
     if y.shape[0] != n_rows:
         raise LabError(
             f"Target {name!r} has {y.shape[0]} rows but the features have {n_rows}; give one "
             "target per feature row (per stored token)."
         )
-    if kind.classification:
+    if classification:
         if torch.is_floating_point(y):
             raise LabError(
-                f"Target {name!r} is real-valued but kind {kind.name!r} needs class labels; use "
+                f"Target {name!r} is real-valued but kind {kind!r} needs class labels; use "
                 "kind 'ridge' for continuous targets or pass integer labels."
             )
         if y.dim() != 1:

@@ -95,6 +95,10 @@ class ProbeKind:
         [Tensor, Tensor], Tensor
     ]  # (outputs [feat tgt reg row out], y) -> [feat tgt reg]
 
+    def check_target(self, y: Tensor, n_rows: int, name: str) -> None:
+        """Refuse a target this kind cannot fit, naming the fix (``inputs.check_target``)."""
+        check_target(y, n_rows, name, kind=self.name, classification=self.classification)
+
 
 PROBE_KINDS: dict[str, ProbeKind] = {
     "logistic": ProbeKind(
@@ -214,7 +218,7 @@ class Probe:
     def fit(self, x: Float[Tensor, "*feat row d_model"], y: Tensor) -> Probe:
         """Fit on rows ``x``; ``y`` is ``[row]`` labels or ``[row]`` / ``[row out]`` reals."""
         x3 = as_stack(x)
-        check_target(self.kind, y, x3.shape[1], "y")
+        self.kind.check_target(y, x3.shape[1], "y")
         if self.kind.classification:
             self.classes, codes = torch.unique(y, return_inverse=True)
             target = codes[None].to(x3.device)
@@ -253,7 +257,7 @@ class Probe:
         ``r2_score(..., multioutput="variance_weighted")``, not its default ``uniform_average``),
         so a nearly constant output cannot dominate the score; one output: plain R²."""
         x3 = as_stack(x)
-        check_target(self.kind, y, x3.shape[1], "y")
+        self.kind.check_target(y, x3.shape[1], "y")
         if self.kind.classification:
             known = torch.isin(y, self.classes)
             codes = torch.searchsorted(self.classes, y.clamp(self.classes[0], self.classes[-1]))

@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from lab.errors import LabError
 from lab.runtime import default_device, resolve_dtype
 from probes.linear.controls import make_control
-from probes.linear.inputs import check_target
 from probes.linear.kinds import apply_map, fit_linear, get_kind
 from probes.linear.solvers import LinearMap, SolverConfig
 from probes.linear.source import ActivationSource, read_target
@@ -101,7 +100,7 @@ def fit_probes(
     n = seq.shape[0]
     raw = {name: read_target(source, name) for name in targets}
     for name, y in raw.items():
-        check_target(kind, y, n, name)
+        kind.check_target(y, n, name)
     stacks = {m: _checked_stack(source, m, hooks, device, dtype, n) for m in models}
     rows, maps = [], {}
     for seed in tqdm(config.seeds, desc="probe seeds", disable=len(config.seeds) < 2):
