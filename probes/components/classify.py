@@ -39,7 +39,8 @@ from lab.errors import LabError
 from lab.types import Tokens
 from probes.patching.metrics import KLMetric, Metric, read_logits
 from probes.patching.patch import PatchConfig, cross_model, patch
-from probes.patching.sites import Site, enumerate_sites
+from probes.patching.sites import UNIT_SITES, Site, enumerate_sites
+from probes.patching.units import SITE_UNITS
 
 __all__ = [
     "ClassifyConfig",
@@ -74,7 +75,7 @@ def component_sites(model: Any, n_pos: int) -> list[Site]:
 
 def component_site(kind: str, layer: int, head: Any) -> Site:
     """The patching site of a classified component (a row's ``kind``, ``layer``, ``head``)."""
-    return Site("z", int(layer), int(head)) if kind == "head" else Site("mlp_out", int(layer))
+    return Site(UNIT_SITES[kind], int(layer), None if kind == "mlp" else int(head))
 
 
 def component_name(site: Site) -> str:
@@ -89,11 +90,12 @@ def _logprobs(model: Any, tokens: Tokens) -> Float[Tensor, "batch pos vocab"]:
 
 def _chunk_rows(model_name: str, score: str, metric: str, table: pd.DataFrame, chunk: int):
     for r in table.itertuples():
+        site = Site.from_row(r)
         yield {
-            "component": component_name(Site(r.site, int(r.layer), _opt(r.head))),
-            "kind": "head" if r.site == "z" else "mlp",
-            "layer": int(r.layer),
-            "head": _opt(r.head),
+            "component": component_name(site),
+            "kind": SITE_UNITS[site.kind],
+            "layer": site.layer,
+            "head": site.head,
             "model": model_name,
             "score": score,
             "metric": metric,
@@ -102,10 +104,6 @@ def _chunk_rows(model_name: str, score: str, metric: str, table: pd.DataFrame, c
             "target": float(r.target),
             "source": float(r.source),
         }
-
-
-def _opt(x: Any) -> int | None:
-    return None if pd.isna(x) else int(x)
 
 
 def score_components(

@@ -13,8 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lab.errors import LabError
-
-_KIND = {"z": "head", "mlp_out": "mlp", "kv_group": "kv_group"}  # a result table's site -> kind
+from probes.patching.units import SITE_UNITS, component_name
 
 __all__ = [
     "departure_note",
@@ -180,10 +179,10 @@ def _shares(table: pd.DataFrame, metric: str, into: str, column: str) -> pd.Data
         rows = table[(table.score == "steering") & (table.model == into)]
         rows = rows.assign(kind=rows.kind, share=rows.value)
     else:
-        rows = table[table.site.isin(list(_KIND)) & table["position"].isna()]
+        rows = table[table.site.isin(list(SITE_UNITS)) & table["position"].isna()]
         if "into" in rows:
             rows = rows[rows["into"] == into]
-        rows = rows.assign(kind=rows.site.map(_KIND))
+        rows = rows.assign(kind=rows.site.map(SITE_UNITS))
     rows = rows[rows.metric == metric]
     if rows.empty:
         raise LabError(
@@ -197,12 +196,6 @@ def _shares(table: pd.DataFrame, metric: str, into: str, column: str) -> pd.Data
     return out.reset_index(drop=True)
 
 
-def _name(kind: str, layer: int, head: Any) -> str:
-    if kind == "mlp":
-        return f"L{layer}.mlp"
-    return f"L{layer}{'H' if kind == 'head' else 'G'}{int(head)}"
-
-
 def locus_table(
     swap: pd.DataFrame, mediation: pd.DataFrame, *, metric: str = "kl_to_base", into: str = "tuned"
 ) -> pd.DataFrame:
@@ -213,9 +206,8 @@ def locus_table(
     locus = _shares(swap, metric, into, "locus")
     med = _shares(mediation, metric, into, "mediation")
     both = locus.merge(med, on=["kind", "layer", "head"], how="outer")
-    both.insert(
-        0, "component", [_name(*k) for k in zip(both.kind, both.layer, both["head"], strict=True)]
-    )
+    keys = zip(both.kind, both.layer, both["head"], strict=True)
+    both.insert(0, "component", [component_name(*k) for k in keys])
     both["gap"] = both.mediation - both.locus
     return both.sort_values(["layer", "kind", "head"], ignore_index=True)
 

@@ -17,13 +17,14 @@ the block's output.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -33,6 +34,7 @@ from lab.errors import LabError, close_matches
 
 __all__ = [
     "SITE_KINDS",
+    "UNIT_SITES",
     "Site",
     "SiteKind",
     "enumerate_sites",
@@ -147,6 +149,24 @@ def _check_in_place(model: Any, kind: SiteKind) -> None:
     _IN_PLACE_OK.setdefault(model, set()).add(kind.name)
 
 
+# A component's unit kind -> the site of its row in a result table (a key/value group has no
+# activation of its own: its rows say ``kv_group``, with the group in ``head``).
+UNIT_SITES: dict[str, str] = {"head": "z", "mlp": "mlp_out", "kv_group": "kv_group"}
+
+
+def _field(row: Any, name: str) -> Any:
+    """A row's ``name`` field, None when it has none: a Series or dict by key (a Series' ``head``
+    attribute is its method), a namedtuple by attribute."""
+    if isinstance(row, pd.Series | Mapping):
+        return row.get(name)
+    return getattr(row, name, None)
+
+
+def _optional(x: Any) -> int | None:
+    """None for a missing value (None, NaN or pandas' <NA>), else the int."""
+    return None if x is None or pd.isna(x) else int(x)
+
+
 @dataclass(frozen=True)
 class Site:
     """One place to patch: a kind at a layer, one head or all, one position or all."""
@@ -155,6 +175,17 @@ class Site:
     layer: int  # block index
     head: int | None = None  # head index (kinds with heads); None: all heads / no head axis
     position: int | None = None  # token position; None: every position
+
+    @classmethod
+    def from_row(cls, row: Any) -> Site:
+        """The site of a table row (a namedtuple from ``itertuples`` or a Series): its ``site``
+        (or a component table's ``kind``: head, mlp, kv_group), ``layer``, ``head`` and, when
+        present, ``position``; a missing head or position (None, NaN, <NA>) is None."""
+        site = _field(row, "site")
+        if site is None:
+            site = UNIT_SITES[_field(row, "kind")]
+        layer, head, position = (_field(row, k) for k in ("layer", "head", "position"))
+        return cls(str(site), int(layer), _optional(head), _optional(position))
 
     @cached_property
     def hook(self) -> str:

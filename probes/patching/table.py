@@ -58,15 +58,7 @@ def result_table(
 
 def sites_of(table: pd.DataFrame) -> list[Site]:
     """The sites of a result table's rows (e.g. the top rows of a screen), in order."""
-    return [
-        Site(
-            r.site,
-            int(r.layer),
-            None if pd.isna(r.head) else int(r.head),
-            None if pd.isna(r.position) else int(r.position),
-        )
-        for r in table.itertuples()
-    ]
+    return [Site.from_row(r) for r in table.itertuples()]
 
 
 def _only(table: pd.DataFrame, column: str, chosen: str | None, arg: str) -> pd.DataFrame:

@@ -21,13 +21,36 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.errors import LabError, close_matches
-from probes.patching.sites import Site
+from probes.patching.sites import UNIT_SITES, Site
 
-__all__ = ["UNITS", "Component", "all_components", "parse_components"]
+__all__ = [
+    "SITE_UNITS",
+    "UNITS",
+    "Component",
+    "all_components",
+    "component_name",
+    "parse_components",
+]
 
 UNITS = ("head", "kv_group")  # the attention units a sweep can use (MLPs are always whole)
 
 _NAME = re.compile(r"^L(\d+)(?:H(\d+)|G(\d+)|[. ]mlp)$", re.IGNORECASE)
+
+# A result table's site -> the unit kind of its component (z: head, mlp_out: mlp, kv_group).
+SITE_UNITS: dict[str, str] = {site: unit for unit, site in UNIT_SITES.items()}
+
+
+def component_name(kind: str, layer: int, head: int | None = None) -> str:
+    """A component's name: ``L2H5`` (head 5 of block 2), ``L1G0`` (key/value group 0 of block 1)
+    or ``L3.mlp``. ``kind`` is a unit kind (``head``, ``kv_group``, ``mlp``) or the ``site`` of a
+    result table's row (``z``, ``kv_group``, ``mlp_out``)."""
+    unit = SITE_UNITS.get(kind, kind)
+    if unit == "mlp":
+        return f"L{int(layer)}.mlp"
+    if unit not in UNITS:
+        known = ", ".join(dict.fromkeys([*UNIT_SITES, *SITE_UNITS]))
+        raise LabError(f"No component kind {kind!r}; known: {known}.")
+    return f"L{int(layer)}{'H' if unit == 'head' else 'G'}{int(head)}"
 
 
 @dataclass(frozen=True)
@@ -40,19 +63,15 @@ class Component:
 
     @property
     def name(self) -> str:
-        """``L2H5``, ``L1G0`` or ``L3.mlp``."""
-        if self.kind == "mlp":
-            return f"L{self.layer}.mlp"
-        return f"L{self.layer}{'H' if self.kind == 'head' else 'G'}{self.index}"
+        """``L2H5``, ``L1G0`` or ``L3.mlp`` (``component_name``)."""
+        return component_name(self.kind, self.layer, self.index)
 
     @property
     def site(self) -> Site:
         """Its row in a result table: ``z`` for a head and ``mlp_out`` for an MLP (as
         ``probes.components.classify.component_site``), ``kv_group`` (head: the group) for a
         group."""
-        if self.kind == "mlp":
-            return Site("mlp_out", self.layer)
-        return Site("z" if self.kind == "head" else "kv_group", self.layer, self.index)
+        return Site(UNIT_SITES[self.kind], self.layer, self.index)
 
     @property
     def hook(self) -> str:

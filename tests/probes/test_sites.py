@@ -1,5 +1,6 @@
 """Site kinds, sweeps of sites, and the lane layout that packs their cones."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -94,3 +95,24 @@ def test_query_layout_splits_a_crowded_lane_and_keeps_its_keys():
         assert query.positions[lane, row] == 19 and query.segment[lane, row] == g
         assert query.keys[0][lane].tolist() == lanes.positions[source].tolist()
         assert query.starts[lane] == lanes.starts[source]
+
+
+def test_site_from_row_reads_table_rows_and_component_rows():
+    table = pd.DataFrame(
+        {
+            "site": ["z", "mlp_out", "resid_pre"],
+            "layer": [1, 0, 2],
+            "head": pd.array([3, None, None], dtype="Int64"),
+            "position": pd.array([None, None, 4], dtype="Int64"),
+        }
+    )
+    expected = [Site("z", 1, 3), Site("mlp_out", 0), Site("resid_pre", 2, None, 4)]
+    assert [Site.from_row(r) for r in table.itertuples()] == expected
+    assert [Site.from_row(r) for _, r in table.iterrows()] == expected
+    floats = pd.DataFrame({"site": ["z", "mlp_out"], "layer": [0, 1], "head": [2.0, float("nan")]})
+    assert [Site.from_row(r) for r in floats.itertuples()] == [Site("z", 0, 2), Site("mlp_out", 1)]
+    components = pd.DataFrame({"kind": ["head", "mlp"], "layer": [1, 1], "head": [0, None]})
+    assert [Site.from_row(r) for r in components.itertuples()] == [
+        Site("z", 1, 0),
+        Site("mlp_out", 1),
+    ]

@@ -9,7 +9,8 @@ from torch import nn
 
 from lab.errors import LabError
 from probes.patching.metrics import KLMetric, LogProb, read_logits
-from probes.patching.swap import Component, SwapConfig, parse_components, swap_components
+from probes.patching.swap import SwapConfig, swap_components
+from probes.patching.units import Component, component_name, parse_components
 
 QUIET = SwapConfig(progress=False)
 
@@ -191,3 +192,12 @@ def test_shapes_that_differ_are_refused_before_any_forward(loaded_pair):
         for h in handles:
             h.remove()
     assert not ran
+
+
+def test_component_name_is_one_spelling_for_units_and_table_sites():
+    assert component_name("head", 2, 5) == component_name("z", 2, 5) == "L2H5"
+    assert component_name("kv_group", 1, 0) == "L1G0"
+    assert component_name("mlp", 3) == component_name("mlp_out", 3, None) == "L3.mlp"
+    assert [c.name for c in (Component("head", 2, 5), Component("mlp", 3))] == ["L2H5", "L3.mlp"]
+    with pytest.raises(LabError, match="No component kind"):
+        component_name("resid_pre", 0)
