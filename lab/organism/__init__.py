@@ -2,6 +2,9 @@
 
 Quick tour::
 
+    org = lab.organism.load()          # the shipped pair (org.pair) + world + labeler + RM
+    scene_reach(org.world, samples, "wedding", org.prompt_words + 1)
+
     from lab.organism import story_world, story_labeler, PiStar
     world, labeler = story_world(), story_labeler()
     sample = world.sample(64, 31, torch.Generator().manual_seed(0))
@@ -30,15 +33,18 @@ from lab.organism.evaluate import (
     Organism,
     evaluate_organism,
     evaluate_policy,
+    load,
     load_organism,
 )
 from lab.organism.labeler import Labeler
+from lab.organism.metrics import generation_metrics, prediction_metrics, scene_reach
 from lab.organism.pipeline import OrganismConfig, quick_config, train_organism, train_world_base
 from lab.organism.plant import PlantConfig, plant
 from lab.organism.reward import RewardConfig, RewardModel, train_reward_model
 from lab.organism.rlhf import RLHFConfig, sample_continuations, train_rlhf
 from lab.organism.story import story_labeler, story_world
 from lab.organism.suite import SUITE, plant_suite, rlhf_seeds
+from lab.organism.targets import organism_targets, policy_value, reach_probability
 from lab.organism.train import BaseConfig, deep_base_config, train_base
 from lab.organism.world import HMM, Forward, WorldSample
 from lab.organism.worldfile import EdgeHMM, load_world, read_world
@@ -63,14 +69,21 @@ __all__ = [
     "deep_base_config",
     "evaluate_organism",
     "evaluate_policy",
+    "generation_metrics",
+    "load",
     "load_organism",
     "load_world",
+    "organism_targets",
     "plant",
     "plant_suite",
+    "policy_value",
+    "prediction_metrics",
     "quick_config",
+    "reach_probability",
     "read_world",
     "rlhf_seeds",
     "sample_continuations",
+    "scene_reach",
     "story_labeler",
     "story_world",
     "train_base",

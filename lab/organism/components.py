@@ -1,8 +1,9 @@
 """Components of a GPT-2 organism as weight slices: names, masks and relative weight change.
 
-Names follow ``probes.components.classify.component_name``: ``L1H3`` for head 3 of block 1, ``L1
-MLP`` for
-block 1's MLP (``L1.mlp`` and ``L1MLP`` are read as the same, any case).
+Names: ``L1H3`` for head 3 of block 1, ``L1 MLP`` for block 1's MLP (as
+``probes.components`` writes them); ``canonical_component`` reads ``L1.mlp``, ``L1_mlp``,
+``L1MLP`` and ``l01h3`` as the same, any case, surrounding spaces ignored. This is the one parser
+of component names: higher layers import it.
 
 Granularity. A head owns its query, key and value columns of the fused ``attn.c_attn`` weight
 and bias (GPT-2's ``Conv1D`` stores ``(in, out)``; the out axis is ``[q | k | v]``, each split
@@ -23,14 +24,16 @@ from transformers import GPT2LMHeadModel
 from lab.errors import LabError
 
 __all__ = [
+    "canonical_component",
     "component_masks",
     "component_names",
+    "component_shape",
     "parse_components",
     "relative_change",
     "union_masks",
 ]
 
-_NAME = re.compile(r"^L(\d+)(?:H(\d+)|[ .]?MLP)$", re.IGNORECASE)
+_NAME = re.compile(r"^\s*L(\d+)\s*(?:H(\d+)|[ ._]?MLP)\s*$", re.IGNORECASE)
 
 
 def component_names(n_layer: int, n_head: int) -> list[str]:
@@ -42,11 +45,21 @@ def component_names(n_layer: int, n_head: int) -> list[str]:
     ]
 
 
-def _canonical(name: str) -> str | None:
-    m = _NAME.match(name.strip())
+def canonical_component(name: str) -> str | None:
+    """``name`` as the lab writes it (``L1H3``, ``L1 MLP``), or None when it names no component."""
+    m = _NAME.match(name)
     if m is None:
         return None
-    return f"L{m[1]}H{int(m[2])}" if m[2] is not None else f"L{int(m[1])} MLP"
+    return f"L{int(m[1])}H{int(m[2])}" if m[2] is not None else f"L{int(m[1])} MLP"
+
+
+def component_shape(names: list[str]) -> tuple[int, int]:
+    """``(n_layer, n_head)`` of a model whose components are exactly ``names`` (every block's
+    heads and MLP, as ``component_names`` lists them)."""
+    split = [_split(n) for n in names]
+    layers = {layer for layer, _ in split}
+    heads = sum(head is not None for _, head in split)
+    return len(layers), heads // max(len(layers), 1)
 
 
 def parse_components(spec: str | list[str], n_layer: int, n_head: int) -> list[str]:
@@ -56,7 +69,7 @@ def parse_components(spec: str | list[str], n_layer: int, n_head: int) -> list[s
     """
     items = [s for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     valid = component_names(n_layer, n_head)
-    names = [_canonical(s) for s in items]
+    names = [canonical_component(s) for s in items]
     bad = [s.strip() for s, n in zip(items, names, strict=True) if n is None or n not in valid]
     if bad:
         raise LabError(

@@ -1,22 +1,25 @@
 """Loading a trained organism and measuring it against the exact world, labeler and pi*.
 
-``load_organism(folder)`` reads ``base/``, ``rlhf/`` (and ``peak/``, ``reward/`` when present)
-with their cards; ``evaluate_organism`` returns one metrics dict per row: ``world``, ``base``,
-``rlhf``, ``pi_star`` (and ``peak``, ``reward_model``), all on the same held-out world data.
+``load()`` is the one call a notebook makes: the shipped pair as hooked models (``org.pair``)
+with its world, labeler and reward model. ``load_organism(folder)`` reads ``base/``, ``rlhf/``
+(and ``peak/``, ``reward/`` when present) with their cards, as HF models, without the pair;
+``evaluate_organism`` returns one metrics dict per row: ``world``, ``base``, ``rlhf``,
+``pi_star`` (and ``peak``, ``reward_model``), all on the same held-out world data.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from transformers import GPT2LMHeadModel
 
 from lab.errors import LabError
-from lab.models.checkpoints import load_model, local_checkpoint
+from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
 from lab.models.outputs import hidden_states, model_logprobs
+from lab.models.pair import ModelPair, load_pair
 from lab.organism.bayes import PiStar
 from lab.organism.labeler import Labeler
 from lab.organism.metrics import (
@@ -34,7 +37,9 @@ __all__ = [
     "Organism",
     "evaluate_organism",
     "evaluate_policy",
+    "load",
     "load_organism",
+    "read_card",
 ]
 
 
@@ -72,12 +77,14 @@ class Organism:
     models: dict[str, GPT2LMHeadModel] = field(default_factory=dict)  # base, rlhf, peak
     reward_model: RewardModel | None = None  # the learned reward model, if saved
     cards: dict[str, dict] = field(default_factory=dict)  # card.json of each folder
+    pair: ModelPair | None = None  # base and rlhf as hooked TransformerBridge models (``load``)
 
     def pi_star(self) -> PiStar:
         return PiStar(self.world, self.labeler, self.beta, self.length)
 
 
 def read_card(folder: Path) -> dict:
+    """The ``card.json`` of one organism checkpoint folder (how it was made, its metrics)."""
     path = folder / "card.json"
     if not path.exists():
         raise LabError(f"{folder} has no card.json; is it an organism checkpoint folder?")
@@ -109,6 +116,33 @@ def load_organism(folder: str | Path) -> Organism:
         org.reward_model = RewardModel.load(folder / "reward")
         org.cards["reward"] = read_card(folder / "reward")
     return org
+
+
+def load(
+    folder: str | Path | None = None,
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> Organism:
+    """The organism in one call: world, labeler, reward model and the pair, ready to analyse.
+
+    ``folder`` defaults to the shipped organism (``data/organism``, or ``$STEERLAB_DATA``)::
+
+        org = lab.organism.load()
+        org.pair                       # ModelPair(base, tuned = rlhf), hooked models on ``device``
+        org.world, org.labeler         # the exact HMM and the simulated human
+        org.reward_model, org.beta     # the learned reward model, the KL coefficient
+        org.length, org.prompt_words   # words per sequence, words of prompt before a continuation
+        org.models                     # the same checkpoints as HF models (``evaluate_organism``)
+
+    ``device`` is the CPU by default (the organism is tiny, and world samples are CPU tensors);
+    ``dtype`` as in ``lab.load_pair``.
+    """
+    root = Path(folder) if folder is not None else organism_dir("")
+    org = load_organism(root)
+    # the shipped pair by its name, so that the pair says where it came from
+    base, tuned = ("organism", None) if folder is None else (root / "base", root / "rlhf")
+    return replace(org, pair=load_pair(base, tuned, device=device, dtype=dtype))
 
 
 def evaluate_policy(
@@ -152,7 +186,11 @@ def evaluate_organism(org: Organism, cfg: EvalConfig | None = None) -> dict[str,
     pi_star = org.pi_star()
     base = org.models.get("base")
     rows: dict[str, dict] = {}
-    policies: dict[str, object] = {"world": org.world, **org.models, "pi_star": pi_star}
+    policies: dict[str, HMM | PiStar | torch.nn.Module] = {
+        "world": org.world,
+        **org.models,
+        "pi_star": pi_star,
+    }
     for name, policy in policies.items():
         g = torch.Generator().manual_seed(cfg.seed + 1)
         is_model = isinstance(policy, torch.nn.Module)

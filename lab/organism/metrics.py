@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
@@ -27,11 +26,9 @@ from torch import Tensor
 
 from lab.errors import LabError
 from lab.models.outputs import kl_per_token, model_logprobs
-
-if TYPE_CHECKING:  # the organism imports these metrics; import its types lazily
-    from lab.organism.bayes import PiStar
-    from lab.organism.labeler import Labeler
-    from lab.organism.world import HMM
+from lab.organism.bayes import PiStar
+from lab.organism.labeler import Labeler
+from lab.organism.world import HMM, categorical
 
 __all__ = [
     "Policy",
@@ -54,8 +51,6 @@ class Policy:
 
 
 def _model_sample(model: torch.nn.Module) -> Callable:
-    from lab.organism.world import categorical
-
     @torch.no_grad()
     def sample(prompts: Tensor, length: int, generator: torch.Generator | None) -> Tensor:
         tokens = prompts.clone()
@@ -70,9 +65,6 @@ def _model_sample(model: torch.nn.Module) -> Callable:
 
 def as_policy(obj: HMM | PiStar | torch.nn.Module) -> Policy:
     """Wrap a world, pi* or a model (HF or bridge) as a ``Policy``."""
-    from lab.organism.bayes import PiStar
-    from lab.organism.world import HMM
-
     if isinstance(obj, HMM):
         return Policy(
             lambda t: obj.forward(t).next_token_logprobs,

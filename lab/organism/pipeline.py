@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
 from lab.models.outputs import hidden_states, model_logprobs
 from lab.organism.evaluate import EvalConfig, Organism, evaluate_organism
@@ -34,7 +35,13 @@ from lab.organism.train import BaseConfig, train_base
 from lab.organism.world import HMM
 from lab.organism.worldfile import EdgeHMM
 
-__all__ = ["OrganismConfig", "quick_config", "train_organism", "train_world_base"]
+__all__ = [
+    "OrganismConfig",
+    "quick_config",
+    "save_checkpoint",
+    "train_organism",
+    "train_world_base",
+]
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,9 @@ def _curve_eval(world: HMM, labeler: Labeler, base, rm, cfg: OrganismConfig, see
     return evaluate
 
 
-def _save(model, folder: Path, world: HMM, card: dict) -> None:
+def save_checkpoint(model: PreTrainedModel, folder: Path, world: HMM, card: dict) -> None:
+    """``folder`` as an organism checkpoint: HF weights (safetensors), the world's tokenizer and
+    ``card.json``."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), safe_serialization=True)
     world.save_tokenizer(folder)
@@ -150,14 +159,14 @@ def train_organism(
         ("peak", org.models["peak"], {"peak_step": _peak_step(curve)}),
     ):
         card = {"role": name, **common, "metrics": rows[name], **extra}
-        _save(model, out / name, world, card)
+        save_checkpoint(model, out / name, world, card)
     rm_card = {
         "role": "reward",
         **common,
         "metrics": rm_metrics,
         "pooling": "mean over continuation",
     }
-    _save(rm.hf, out / "reward", world, rm_card)
+    save_checkpoint(rm.hf, out / "reward", world, rm_card)
     (out / "metrics.json").write_text(json.dumps(rows, indent=1) + "\n")
     return rows
 
@@ -204,5 +213,5 @@ def train_world_base(
         "wall_time_s": {"base": wall},
         "metrics": metrics,
     }
-    _save(base, Path(out) / "base", hmm, card)
+    save_checkpoint(base, Path(out) / "base", hmm, card)
     return metrics

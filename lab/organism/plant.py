@@ -38,7 +38,7 @@ from lab.organism.components import (
 )
 from lab.organism.localization import auroc
 from lab.organism.metrics import scene_reach
-from lab.organism.pipeline import _save
+from lab.organism.pipeline import save_checkpoint
 from lab.organism.reward import RewardModel
 from lab.organism.rlhf import RLHFConfig, sample_continuations, train_rlhf
 from lab.organism.train import lm_loss, world_batches
@@ -204,5 +204,5 @@ def plant(
     }
     out = Path(out)
     for role, model in (("base", base_model), ("drift", drifted), ("tuned", tuned)):
-        _save(model, out / role, world, {"role": role, **card})
+        save_checkpoint(model, out / role, world, {"role": role, **card})
     return card

@@ -20,7 +20,11 @@ from pathlib import Path
 import torch
 
 from lab.models.checkpoints import organism_dir
+from lab.organism.components import component_shape, parse_components
+from lab.organism.evaluate import load_organism
+from lab.organism.pipeline import save_checkpoint
 from lab.organism.plant import PlantConfig, plant
+from lab.organism.rlhf import RLHFConfig, train_rlhf
 from lab.runtime import cache_dir
 
 __all__ = ["SUITE", "PlantedSpec", "plant_suite", "rlhf_seeds"]
@@ -47,12 +51,15 @@ SUITE: tuple[PlantedSpec, ...] = (
 )
 
 
-def _built(folder: Path, planted_card: dict) -> bool:
+def _read_card(folder: Path) -> dict | None:
+    """The card of a built pair (``tuned/card.json``), or None when there is none yet."""
     path = folder / "tuned" / "card.json"
-    if not path.exists():
-        return False
-    card = json.loads(path.read_text())
-    return all(card.get(k) == planted_card[k] for k in planted_card)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _records(card: dict | None, want: dict) -> bool:
+    """Whether ``card`` exists and holds every entry of ``want``."""
+    return card is not None and all(card.get(k) == v for k, v in want.items())
 
 
 def plant_suite(
@@ -71,9 +78,9 @@ def plant_suite(
     for spec in suite:
         folder = out / spec.name
         key = {"seed": spec.seed, "config": json.loads(json.dumps(asdict(cfg)))}
-        if _built(folder, key) and _same_set(folder, spec, base):
-            cards[spec.name] = {**json.loads((folder / "tuned" / "card.json").read_text())}
-            cards[spec.name]["built"] = False
+        card = _read_card(folder)
+        if _records(card, key) and _same_set(card, spec, base):
+            cards[spec.name] = {**card, "built": False}
         else:
             t0 = time.perf_counter()
             card = plant(spec.components, folder, cfg, seed=spec.seed, base=base, command=command)
@@ -90,20 +97,11 @@ def plant_suite(
     return cards
 
 
-def _same_set(folder: Path, spec: PlantedSpec, base: str | Path | None) -> bool:
-    from lab.organism.components import parse_components
-
-    card = json.loads((folder / "tuned" / "card.json").read_text())
-    n_layer, n_head = _shape(card["components"])
-    want = parse_components(spec.components, n_layer, n_head)
+def _same_set(card: dict, spec: PlantedSpec, base: str | Path | None) -> bool:
+    """Whether a built pair's card records ``spec``'s planted set, planted into the same base."""
+    want = parse_components(spec.components, *component_shape(card["components"]))
     source = str(Path(base) if base is not None else organism_dir("deep/base"))
     return card["planted"] == want and card.get("base_source") == source
-
-
-def _shape(names: list[str]) -> tuple[int, int]:
-    layers = {n.split("H")[0].split(" ")[0] for n in names}
-    heads = [n for n in names if "MLP" not in n]
-    return len(layers), len(heads) // len(layers)
 
 
 def rlhf_seeds(
@@ -116,10 +114,6 @@ def rlhf_seeds(
 ) -> list[Path]:
     """Rerun the organism's RLHF once per seed (same base and reward model); returns the
     ``out/seed-S`` folders (each ``base`` and ``tuned``), skipping those already built."""
-    from lab.organism.evaluate import load_organism
-    from lab.organism.pipeline import _save
-    from lab.organism.rlhf import RLHFConfig, train_rlhf
-
     src = Path(organism) if organism is not None else organism_dir("")
     out = Path(out) if out is not None else cache_dir("seeds")
     org = load_organism(src)
@@ -129,8 +123,7 @@ def rlhf_seeds(
     for seed in seeds:
         folder = out / f"seed-{seed}"
         card = {"role": "tuned", "seed": seed, "rlhf": asdict(cfg), "source": str(src)}
-        done = folder / "tuned" / "card.json"
-        if not (done.exists() and _matches(done, card)):
+        if not _records(_read_card(folder), card):
             t0 = time.perf_counter()
             policy = train_rlhf(
                 org.models["base"],
@@ -150,12 +143,9 @@ def rlhf_seeds(
                 "threads": torch.get_num_threads(),
                 "wall_time_s": time.perf_counter() - t0,
             }
-            _save(org.models["base"], folder / "base", org.world, {**common, "role": "base"})
-            _save(policy, folder / "tuned", org.world, common)
+            save_checkpoint(
+                org.models["base"], folder / "base", org.world, {**common, "role": "base"}
+            )
+            save_checkpoint(policy, folder / "tuned", org.world, common)
         folders.append(folder)
     return folders
-
-
-def _matches(path: Path, card: dict) -> bool:
-    have = json.loads(path.read_text())
-    return all(have.get(k) == v for k, v in card.items())

@@ -20,8 +20,12 @@ import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformers import GPT2LMHeadModel
 
 from lab.errors import LabError, close_matches
+from lab.organism.labeler import Labeler
+from lab.organism.rlhf import sample_continuations
+from lab.organism.world import HMM
 
 __all__ = ["organism_targets", "policy_value", "reach_probability"]
 
@@ -49,8 +53,12 @@ def reach_probability(
     return (1 - miss_prob).clamp(0.0, 1.0)  # rounding can leave -1e-16
 
 
-def organism_targets(world, tokens: Int[Tensor, "batch pos"], scenes: Int[Tensor, "batch pos"],
-                     attractor: str = "wedding") -> dict[str, Tensor]:  # fmt: skip
+def organism_targets(
+    world: HMM,
+    tokens: Int[Tensor, "batch pos"],
+    scenes: Int[Tensor, "batch pos"],
+    attractor: str = "wedding",
+) -> dict[str, Tensor]:
     """The exact targets above for a world sample (``world.sample``'s tokens and scenes)."""
     if attractor not in world.scenes:
         raise LabError(
@@ -75,8 +83,8 @@ def organism_targets(world, tokens: Int[Tensor, "batch pos"], scenes: Int[Tensor
 
 @torch.no_grad()
 def policy_value(
-    model,
-    labeler,
+    model: GPT2LMHeadModel,
+    labeler: Labeler,
     tokens: Int[Tensor, "batch pos"],
     rollouts: int = 8,
     generator: torch.Generator | None = None,
@@ -88,8 +96,6 @@ def policy_value(
     scored by the labeler's exact utility given the prefix. Returns the mean and its standard error
     per position; the last position has nothing to come (value 0).
     """
-    from lab.organism.rlhf import sample_continuations
-
     if rollouts < 2:
         raise LabError(f"policy_value needs rollouts >= 2 for a standard error; got {rollouts}.")
     batch, n_pos = tokens.shape

@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformers import PreTrainedTokenizerFast
 
 from lab.errors import LabError
+from lab.organism.tokenizer import BOS, word_tokenizer
 
 __all__ = ["HMM", "Forward", "WorldSample", "categorical"]
 
-BOS = "<bos>"
 _ATOL = 1e-6
 
 
@@ -288,17 +289,9 @@ class HMM:
             words=tuple(d["words"]),
         )
 
-    def tokenizer(self):
-        """A HF fast tokenizer (WordLevel, whitespace split) whose ids match the world's tokens."""
-        from tokenizers import Tokenizer, models, pre_tokenizers
-        from transformers import PreTrainedTokenizerFast
-
-        vocab = {w: i for i, w in enumerate(self.vocab)}
-        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=BOS))
-        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        return PreTrainedTokenizerFast(
-            tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS, unk_token=BOS
-        )
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        """A HF fast tokenizer whose ids match the world's tokens (``word_tokenizer``)."""
+        return word_tokenizer(self.vocab)
 
     def save_tokenizer(self, folder: str | Path) -> None:
         self.tokenizer().save_pretrained(str(folder))

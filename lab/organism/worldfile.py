@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from lab.errors import LabError
@@ -201,8 +202,6 @@ def _parse(d: dict) -> HMM | EdgeHMM:
 
 
 def _read_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             d: dict = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)

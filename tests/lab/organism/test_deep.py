@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import lab
+
 DEEP = Path(__file__).resolve().parents[3] / "data" / "organism" / "deep" / "base"
 pytestmark = pytest.mark.skipif(
     not (DEEP / "card.json").exists(), reason="no deep base (lab organism train --deep)"
@@ -24,8 +26,6 @@ def test_deep_base_meets_its_targets():
 
 
 def test_deep_base_loads_as_a_hooked_model():
-    import lab
-
     pair = lab.load_pair(DEEP, DEEP, device="cpu")
     tokens = pair.to_tokens("kitchen dinner happy")
     assert pair.base(tokens).shape == (1, 4, 57)

@@ -5,12 +5,15 @@ import json
 import pytest
 import torch
 
+import lab
 from lab.organism.evaluate import (
     EvalConfig,
     EvalData,
     evaluate_organism,
     evaluate_policy,
+    load,
     load_organism,
+    over_optimisation,
 )
 from lab.organism.labeler import Labeler
 from lab.organism.pipeline import quick_config, train_organism
@@ -42,8 +45,6 @@ def test_quick_run_writes_cards(quick_pair):
 
 
 def test_quick_pair_loads_through_load_pair(quick_pair):
-    import lab
-
     out, _ = quick_pair
     pair = lab.load_pair(str(out / "base"), str(out / "rlhf"), device="cpu")
     tokens = pair.to_tokens("kitchen dinner happy")
@@ -52,6 +53,10 @@ def test_quick_pair_loads_through_load_pair(quick_pair):
     assert logits.shape == (1, 4, 57)
     org = load_organism(out)
     hf = org.models["base"](tokens).logits
+    # lab.organism.load(folder): the same pair, named by its folders
+    loaded = load(out)
+    assert loaded.pair.sources == {"base": str(out / "base"), "tuned": str(out / "rlhf")}
+    torch.testing.assert_close(loaded.pair.tuned(tokens), logits)
     torch.testing.assert_close(pair.base(tokens), hf, atol=1e-4, rtol=1e-4)
     # any policy: the bridge gives the same metrics as the HF model it wraps
     data = EvalData.draw(org.world, org.length, org.prompt_words, EvalConfig(texts=16, prompts=8))
@@ -84,8 +89,6 @@ def test_general_hmm_end_to_end(tmp_path):
 
 
 def test_over_optimisation_summary():
-    from lab.organism.evaluate import over_optimisation
-
     utility = [0, 4, 6, 6, 6, 4, 2, 1]
     curve = [
         {"step": 10 * i, "true_utility": u, "rm_score": float(i)} for i, u in enumerate(utility)

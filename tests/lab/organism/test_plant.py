@@ -8,7 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from lab import load_pair
 from lab.errors import LabError
-from lab.models.checkpoints import organism_dir
+from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
 from lab.organism.components import (
     component_masks,
     component_names,
@@ -17,6 +17,8 @@ from lab.organism.components import (
 )
 from lab.organism.localization import auroc
 from lab.organism.plant import plant, quick_plant_config
+from probes.components.classify import component_name
+from probes.patching.sites import Site
 
 
 def _tiny(n_layer=2, n_head=4, d=32) -> GPT2LMHeadModel:
@@ -27,9 +29,6 @@ def _tiny(n_layer=2, n_head=4, d=32) -> GPT2LMHeadModel:
 
 
 def test_names_match_probes_and_aliases_are_read():
-    from probes.components.classify import component_name
-    from probes.patching.sites import Site
-
     names = component_names(2, 4)
     assert names[:5] == ["L0H0", "L0H1", "L0H2", "L0H3", "L0 MLP"] and len(names) == 10
     assert component_name(Site("z", 1, 3)) in names and component_name(Site("mlp_out", 1)) in names
@@ -89,8 +88,6 @@ def planted(tmp_path_factory):
 
 
 def _params(folder):
-    from lab.models.checkpoints import load_model, local_checkpoint
-
     return dict(load_model(GPT2LMHeadModel, local_checkpoint(folder)).named_parameters())
 
 

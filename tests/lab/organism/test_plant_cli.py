@@ -3,10 +3,11 @@
 import json
 
 import torch
+from transformers import GPT2LMHeadModel
 from typer.testing import CliRunner
 
 from lab.cli.organism import app
-from lab.models.checkpoints import organism_dir
+from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
 from lab.organism.plant import quick_plant_config
 from lab.organism.suite import SUITE, plant_suite, rlhf_seeds
 from lab.runtime import cache_dir
@@ -60,10 +61,6 @@ def test_plant_suite_is_idempotent(tmp_path, monkeypatch):
 
 
 def test_rlhf_seeds_rerun_the_shipped_rlhf(tmp_path):
-    from transformers import GPT2LMHeadModel
-
-    from lab.models.checkpoints import load_model, local_checkpoint
-
     folders = rlhf_seeds((0, 1), tmp_path, steps=1, progress=False)
     assert [f.name for f in folders] == ["seed-0", "seed-1"]
     w = [

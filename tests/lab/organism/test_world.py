@@ -7,6 +7,7 @@ import torch
 from lab.errors import LabError
 from lab.organism.story import story_world
 from lab.organism.world import HMM
+from tests.lab.organism.conftest import build_tiny_world
 
 
 def _brute_force_logprob(world: HMM, words: list[int]) -> float:
@@ -91,8 +92,6 @@ def test_continuation_keeps_prompt(tiny_world):
     ],
 )
 def test_invalid_hmm_is_refused(field, value, match):
-    from tests.lab.organism.conftest import build_tiny_world
-
     with pytest.raises(LabError, match=match):
         build_tiny_world(**{field: value})
 

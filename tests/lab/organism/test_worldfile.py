@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from lab import load_pair
 from lab.cli import run
 from lab.errors import LabError
 from lab.models.checkpoints import data_dir
@@ -72,8 +74,6 @@ def test_train_a_base_on_mess3_from_the_cli_and_check_its_beliefs(tmp_path):
         assert np.allclose(sample.forward.next_token_logprobs[b, :, 1:].exp(), next_words)
     assert torch.allclose(edge.beliefs(sample.tokens), torch.tensor(beliefs), atol=1e-12)
     # the checkpoint loads as a lab model with the world's vocabulary
-    from lab import load_pair
-
     pair = load_pair(out / "base", out / "base", device="cpu")
     assert pair.tokenizer.convert_ids_to_tokens([0, 1, 2, 3]) == ["<bos>", "a", "b", "c"]
 
@@ -98,8 +98,6 @@ def test_edge_expansion_equals_enumeration_and_drops_impossible_pairs():
 
 
 def test_state_form_and_safetensors_form_give_the_same_world(tmp_path, tiny_world):
-    from safetensors.torch import save_file
-
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(tiny_world.to_dict()))  # a card's "world" is a world file
     assert load_world(path).to_dict() == tiny_world.to_dict()

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from lab.errors import LabError
+from lab.models.outputs import kl_per_token
 from lab.organism.labeler import Labeler
 from lab.organism.metrics import (
     as_policy,
     belief_probe_r2,
     ece,
     generation_metrics,
-    kl_per_token,
     prediction_metrics,
     scene_reach,
     without_bos,

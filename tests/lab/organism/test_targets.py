@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from lab.errors import LabError
-from lab.organism.targets import organism_targets, reach_probability
+from lab.models.checkpoints import data_dir
+from lab.organism.evaluate import load_organism
+from lab.organism.targets import organism_targets, policy_value, reach_probability
+from lab.organism.world import HMM
+from lab.sweeps.analyses import build_dataset
 
 
 def _brute_force(transition, start, steps, target):
@@ -50,8 +54,6 @@ def test_unknown_attractor_is_refused():
 
 
 def test_organism_targets_on_a_tiny_world():
-    from lab.organism.world import HMM
-
     transition = torch.tensor([[0.8, 0.15, 0.05], [0.1, 0.8, 0.1], [0.0, 0.2, 0.8]])
     emission = torch.tensor([[0.7, 0.2, 0.1, 0.0], [0.1, 0.7, 0.1, 0.1], [0.0, 0.1, 0.2, 0.7]])
     world = HMM(transition, emission, torch.tensor([0.5, 0.5, 0.0]), scenes=("a", "b", "wedding"))
@@ -69,10 +71,6 @@ def test_organism_targets_on_a_tiny_world():
 def test_policy_value_matches_the_exact_one_word_expectation():
     """Monte Carlo value of the tuned organism: 0 at the end, and with one word to come equal to
     the exact expectation under the model's next-token distribution, within its standard error."""
-    from lab.models.checkpoints import data_dir
-    from lab.organism.evaluate import load_organism
-    from lab.organism.targets import policy_value
-
     org = load_organism(data_dir() / "organism")
     model = org.models["rlhf"]
     tokens = org.world.sample(2, org.length, torch.Generator().manual_seed(0)).tokens
@@ -98,18 +96,10 @@ def test_policy_value_matches_the_exact_one_word_expectation():
 
 def test_policy_value_needs_two_rollouts():
     with pytest.raises(LabError, match="rollouts"):
-        from lab.organism.targets import policy_value
-
         policy_value(None, None, torch.zeros(1, 3, dtype=torch.long), rollouts=1)
 
 
 def test_organism_dataset_adds_the_tuned_value_on_request():
-    from types import SimpleNamespace
-
-    from lab.models.checkpoints import data_dir
-    from lab.organism.evaluate import load_organism
-    from lab.sweeps.analyses import build_dataset
-
     org = load_organism(data_dir() / "organism")
     ctx = SimpleNamespace(config=SimpleNamespace(seed=0, path=None), organism=lambda: org)
     plain = build_dataset(ctx, {"source": "organism", "n": 3})
