@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from lab.errors import LabError
+
 __all__ = [
     "cache_dir",
     "configure_threads",
@@ -49,8 +51,6 @@ def default_device() -> torch.device:
 
 def parse_device(device: str | torch.device) -> torch.device:
     """A torch device from its name; a LabError naming it when it is not one."""
-    from lab.errors import LabError
-
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -62,8 +62,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
     Refuses, in one line naming it, a device that this machine or torch build does not have.
     """
-    from lab.errors import LabError
-
     if device is None:
         return default_device()
     dev = parse_device(device)
@@ -88,8 +86,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     """A torch dtype from a dtype or its name (``float32``, ``bf16`` ...); None means float32."""
-    from lab.errors import LabError
-
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
