@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from lab.errors import LabError
+from lab.models.weightfiles import parse_header
 
 __all__ = ["ShardReader", "ShardRecord", "file_sha256", "shard_problem", "write_shard"]
 
@@ -102,19 +103,11 @@ def file_sha256(path: Path) -> str:
 
 def _header(path: Path) -> tuple[int, dict]:
     """A shard's header length and JSON header; LabError naming the file when unreadable."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (-1,)
-        raw = f.read(n) if 0 <= n < 2**27 else b""
     try:
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as e:
-        raise LabError(
-            f"{path} is damaged: its header does not parse ({e}); recompute it (resume)."
-        ) from e
-    return n, header
+        return parse_header(path)
+    except LabError as e:
+        why = "its header does not parse"
+        raise LabError(f"{path} is damaged: {why}; recompute it (resume).") from e
 
 
 def _implied_size(n: int, header: dict) -> int:

@@ -5,6 +5,8 @@ A safetensors file is an 8-byte little-endian header length ``n``, ``n`` bytes o
 the offsets must cover exactly. ``read_header`` checks all of that against the file's size while
 reading only the header, so a truncated or random file is named as damaged instead of failing deep
 inside the loader (or, with a random header length, asking for an enormous allocation).
+``parse_header`` only parses the header, for readers with checks of their own (the store's
+shards).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from lab.errors import LabError
 
-__all__ = ["MAX_HEADER_BYTES", "damaged", "read_header"]
+__all__ = ["MAX_HEADER_BYTES", "damaged", "parse_header", "read_header"]
 
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library's own limit on the JSON header
 
@@ -70,9 +72,9 @@ def _offsets(path: Path, name: str, entry: Any) -> tuple[int, int]:
     return begin, end
 
 
-def read_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of the safetensors file at ``path``, refused with a ``LabError`` naming the
-    file when the header length, the JSON, or any tensor's offsets do not fit the file."""
+def parse_header(path: str | Path) -> tuple[int, dict[str, Any]]:
+    """The header length and JSON header of the safetensors file at ``path``, checked only as far
+    as parsing needs (a length that fits the file, UTF-8 JSON, an object), else ``damaged``."""
     path = Path(path)
     size = path.stat().st_size
     if size < 8:
@@ -88,7 +90,15 @@ def read_header(path: str | Path) -> dict[str, Any]:
         raise damaged(path, "its header is not UTF-8 JSON") from e
     if not isinstance(header, dict):
         raise damaged(path, "its header is not a JSON object")
-    data = size - 8 - n
+    return n, header
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of the safetensors file at ``path``, refused with a ``LabError`` naming the
+    file when the header length, the JSON, or any tensor's offsets do not fit the file."""
+    path = Path(path)
+    n, header = parse_header(path)
+    data = path.stat().st_size - 8 - n
     ends = [0]
     for name, entry in header.items():
         if name == "__metadata__":
