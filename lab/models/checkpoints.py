@@ -20,6 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
 from lab.errors import LabError
 from lab.models.weightfiles import read_header
 
@@ -139,10 +143,8 @@ def _where(ckpt: Checkpoint) -> str:
     return f"folder {ckpt.location}" if ckpt.is_local else f"hub id {ckpt.name!r}"
 
 
-def load_config(ckpt: Checkpoint, *, trust_remote_code: bool = False) -> Any:
+def load_config(ckpt: Checkpoint, *, trust_remote_code: bool = False) -> PretrainedConfig:
     """The checkpoint's (text) config; refused in one line when it cannot be read."""
-    from transformers import AutoConfig
-
     try:
         cfg = AutoConfig.from_pretrained(ckpt.location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -170,10 +172,10 @@ def _no_tokenizer(ckpt: Checkpoint, role: str, why: str) -> LabError:
     )
 
 
-def load_tokenizer(ckpt: Checkpoint, role: str, *, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(
+    ckpt: Checkpoint, role: str, *, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer, refused unless it has a vocabulary and keeps plain text."""
-    from transformers import AutoTokenizer
-
     try:
         tok = AutoTokenizer.from_pretrained(ckpt.location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as e:
@@ -192,8 +194,6 @@ def load_tokenizer(ckpt: Checkpoint, role: str, *, trust_remote_code: bool = Fal
 @contextmanager
 def _quiet_loading() -> Iterator[None]:
     """Hide transformers' per-checkpoint "Loading weights" bars (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -206,8 +206,6 @@ def _quiet_loading() -> Iterator[None]:
 def load_model(cls: Any, ckpt: Checkpoint, *, trust_remote_code: bool = False, **kw: Any) -> Any:
     """``cls.from_pretrained`` of a resolved checkpoint under the policy: safetensors unless the
     checkpoint was resolved with pickle allowed, custom code only when asked, one-line errors."""
-    from safetensors import SafetensorError
-
     if trust_remote_code:
         kw["trust_remote_code"] = True
     try:
