@@ -1,26 +1,26 @@
 """What a sweep job's result depends on, as a JSON-able record, and how two records differ.
 
-A job's id is a hash of this record, so a changed checkpoint (its files' sizes or modification
-times), dataset spec or file, seed, device, dtype, parameter, or a changed job it reads gives a
-new id, and the old table is not taken for the new one. A checkpoint folder counts by its resolved
-absolute path (a relative and an absolute path to it are the same); a hub id counts as itself.
+A job's id (``lab.sweeps.config.Job.id``) is a hash of this record, so a changed checkpoint (its
+files' sizes or modification times), dataset spec or file, seed, device, dtype, parameter, or a
+changed job it reads gives a new id, and the old table is not taken for the new one. A
+checkpoint folder counts by its resolved absolute path (a relative and an absolute path to it
+are the same); a hub id counts as itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from lab.sweeps.sweep import Job, SweepConfig
+from lab.models.checkpoints import data_dir, resolve_checkpoint
+from lab.runtime import default_device, resolve_dtype
+from lab.sweeps.config import DatasetSource, Job, SweepConfig
 
 __all__ = [
     "checkpoint_identity",
     "differences",
-    "digest",
     "file_identity",
     "folder_identity",
     "identify",
@@ -46,18 +46,10 @@ def folder_identity(folder: Path) -> dict[str, Any]:
 
 def checkpoint_identity(name: str, role: str, *, allow_pickle: bool = False) -> dict[str, Any]:
     """A checkpoint as ``lab.load_pair`` resolves it for ``role``: folder contents or hub id."""
-    from lab.models.checkpoints import resolve_checkpoint
-
     ckpt = resolve_checkpoint(name, role, allow_pickle=allow_pickle)
     if not ckpt.is_local:
         return {"hub": ckpt.location}
     return folder_identity(Path(ckpt.location))
-
-
-def digest(record: dict[str, Any]) -> str:
-    """A short stable hash of a JSON-able record."""
-    blob = json.dumps(record, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
 def differences(old: Any, new: Any, prefix: str = "", depth: int = 3) -> list[str]:
@@ -74,9 +66,6 @@ def differences(old: Any, new: Any, prefix: str = "", depth: int = 3) -> list[st
 
 
 def _pair_identity(config: SweepConfig, name: str) -> dict[str, Any]:
-    from lab.models.checkpoints import data_dir
-    from lab.runtime import default_device, resolve_dtype
-
     spec = config.pairs[name]
     pickle = bool(spec.get("allow_pickle"))
     base, tuned = spec["base"], spec.get("tuned") or spec["base"]
@@ -96,20 +85,23 @@ def _pair_identity(config: SweepConfig, name: str) -> dict[str, Any]:
     return out
 
 
-def _dataset_identity(config: SweepConfig, name: str) -> dict[str, Any]:
-    from lab.sweeps.analyses import DATASET_SOURCES
-
+def _dataset_identity(
+    config: SweepConfig, name: str, sources: Mapping[str, DatasetSource]
+) -> dict[str, Any]:
     spec = config.datasets[name]
-    source = DATASET_SOURCES[spec["source"]]
+    source = sources[spec["source"]]
     files = source.inputs(config, source.params(**spec))
     return {"name": name, "spec": spec, "files": [file_identity(p) for p in files]}
 
 
-def identify(config: SweepConfig, deps: list[dict[str, int]]) -> list[Job]:
+def identify(
+    config: SweepConfig, deps: list[dict[str, int]], sources: Mapping[str, DatasetSource]
+) -> list[Job]:
     """``config.jobs``, each with the ids of the jobs it reads (``deps``: kind -> job index) and
-    the record of everything its result depends on; dependencies first, so their ids exist."""
+    the record of everything its result depends on (``sources``: the dataset kinds, for the
+    files each dataset reads); dependencies first, so their ids exist."""
     pairs = {name: _pair_identity(config, name) for name in config.pairs}
-    data = {name: _dataset_identity(config, name) for name in config.datasets}
+    data = {name: _dataset_identity(config, name, sources) for name in config.datasets}
     jobs = list(config.jobs)
     for i in config.order:
         job = jobs[i]

@@ -16,35 +16,36 @@ import json
 import os
 import platform
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lab.sweeps.analyses.registry import ANALYSES, build_dataset
+from lab.sweeps.config import Job, SweepConfig
 from lab.sweeps.context import SweepContext, result_path
 from lab.sweeps.graph import label
 from lab.sweeps.identity import differences
-from lab.sweeps.sweep import Job, SweepConfig, _analyses
 
 __all__ = ["plan_text", "run_sweep", "stale_notes", "write_table"]
 
 
+def _version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def _environment() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    def v(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
     libs = ("steerlab", "torch", "transformer-lens", "transformers", "numpy", "pandas")
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "argv": sys.argv,
-        "versions": {name: v(name) for name in libs},
+        "versions": {name: _version(name) for name in libs},
     }
 
 
@@ -141,7 +142,7 @@ def plan_text(config: SweepConfig) -> str:
 
 def _start(config: SweepConfig) -> None:
     """Clear the previous config's top-level tables, then write this config and its tables."""
-    for kind in _analyses():
+    for kind in ANALYSES:
         (config.out / f"{kind}.parquet").unlink(missing_ok=True)
     if config.path is not None:
         _atomic_bytes(config.out / "config.toml", config.path.read_bytes())
@@ -161,11 +162,11 @@ def run_sweep(config: SweepConfig) -> Path:
     for note in stale_notes(config):
         print(note, file=sys.stderr)
     _start(config)
-    ctx = SweepContext(config)
+    ctx = SweepContext(config, build_dataset)
     todo = [config.jobs[i] for i in config.order]
     todo = [j for j in todo if not result_path(config, j).exists()]
     for job in tqdm(todo, desc="sweep", unit="job", disable=not todo):
-        table = _analyses()[job.kind].run(ctx.for_job(job), job.params)
+        table = ANALYSES[job.kind].run(ctx.for_job(job), job.params)
         table = table.assign(job=job.id, pair=job.pair, dataset=job.dataset)
         path = result_path(config, job)
         _atomic_bytes(path.with_suffix(".json"), json.dumps(_record(job), indent=1).encode())

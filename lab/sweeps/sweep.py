@@ -19,125 +19,35 @@ A config names pairs, datasets and analyses::
     dataset = "world"
     ...                              # the analysis's own parameters
 
-Each analysis kind is a small strategy in ``lab.sweeps.analyses.ANALYSES``: its parameters (a frozen
-dataclass whose annotations type-check every TOML key before anything loads), the kinds whose
-results it reads (``lab.sweeps.graph`` resolves each to one exact job), and a function from a
-``SweepContext`` and those parameters to a tidy ``DataFrame``. A job's id hashes everything its
-result depends on (``lab.sweeps.identity``), so results of another config are never taken for
-this one's. ``lab.sweeps.runner`` runs the graph and keeps the top-level tables current.
+Each analysis kind is a small strategy (``lab.sweeps.config.Analysis``) registered in
+``lab.sweeps.analyses.ANALYSES``: its parameters (a frozen dataclass whose annotations type-check
+every TOML key before anything loads), the kinds whose results it reads (``lab.sweeps.graph``
+resolves each to one exact job), and a function from a ``SweepContext`` and those parameters to a
+tidy ``DataFrame``. A job's id hashes everything its result depends on (``lab.sweeps.identity``),
+so results of another config are never taken for this one's. ``lab.sweeps.runner`` runs the graph
+and keeps the top-level tables current; this module is the entry point above them all.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from lab.errors import LabError, close_matches
-from lab.sweeps.context import SweepContext
+from lab.runtime import resolve_dtype
+from lab.sweeps.analyses.registry import ANALYSES, DATASET_SOURCES
+from lab.sweeps.config import Job, JobSpec, SweepConfig
 from lab.sweeps.graph import resolve_needs, topological_order
-from lab.sweeps.identity import digest, identify
+from lab.sweeps.identity import identify
+from lab.sweeps.runner import plan_text, run_sweep
 from lab.sweeps.schema import PairSpec, RunSpec, check_table
 
-__all__ = [
-    "Analysis",
-    "DatasetSource",
-    "Job",
-    "SweepConfig",
-    "SweepContext",
-    "load_config",
-    "plan",
-    "run",
-]
+__all__ = ["load_config", "plan", "run"]
 
 _TOP_KEYS = ("run", "pairs", "datasets", "analyses")
 _OPT_INS = {"allow_pickle": "--allow-pickle", "trust_remote_code": "--trust-remote-code"}
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """One kind of analysis: its parameter class, what it reads, and the function that runs it."""
-
-    params: type  # a frozen dataclass; every TOML key of the analysis must be one of its fields
-    run: Callable[[SweepContext, Any], pd.DataFrame]  # (context, params) -> tidy table
-    needs_pair: bool = True  # whether a job names a pair (and usually a dataset)
-    needs: Callable[[Any], tuple[str, ...]] = lambda params: ()  # params -> kinds it reads
-
-
-@dataclass(frozen=True)
-class DatasetSource:
-    """One kind of dataset: its spec class, its builder and the files it reads."""
-
-    params: type  # a frozen dataclass of the [datasets.NAME] table's keys (source included)
-    build: Callable[[SweepContext, Any], Any]  # (context, spec) -> lab.datasets.dataset.Dataset
-    inputs: Callable[[SweepConfig, Any], list[Path]]  # files the dataset is made from
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """The keys every ``[[analyses]]`` table may have besides the analysis's own parameters."""
-
-    kind: str  # a key of lab.sweeps.analyses.ANALYSES
-    pair: str | None = None  # a name in [pairs]
-    dataset: str | None = None  # a name in [datasets]
-    name: str | None = None  # a name other analyses' use = {...} can pick this job by
-    use: dict[str, str] | None = None  # needed kind -> the name of the job that provides it
-
-
-@dataclass(frozen=True)
-class Job:
-    """One analysis on one pair and dataset, with its parameters and what its result depends on."""
-
-    kind: str  # key of lab.sweeps.analyses.ANALYSES
-    pair: str | None  # name in the config's [pairs]
-    dataset: str | None  # name in the config's [datasets]
-    params: Any  # the analysis's parameter dataclass
-    index: int = 0  # position in the config's [[analyses]]
-    name: str | None = None  # the job's name, if the config gives one
-    use: dict[str, str] | None = field(default=None, hash=False)  # kind -> name of the provider
-    needs: dict[str, str] = field(default_factory=dict, hash=False)  # kind -> id of the provider
-    identity: dict[str, Any] = field(default_factory=dict, hash=False)  # what the result depends on
-
-    @property
-    def id(self) -> str:
-        return f"{self.pair or 'all'}-{self.dataset or 'all'}-{digest(self.identity)}"
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """A parsed, validated sweep config."""
-
-    path: Path | None  # the TOML file, if read from one
-    out: Path  # output folder
-    seed: int  # base seed for every job
-    device: str | None  # device for models (None: CUDA when available)
-    dtype: str | None  # model dtype (None: float32)
-    pairs: dict[str, dict[str, Any]]  # name -> load_pair keyword arguments (base, tuned, ...)
-    datasets: dict[str, dict[str, Any]]  # name -> dataset spec (source, ...)
-    jobs: list[Job]  # expanded, in config order (jobs[i].index == i)
-    raw: dict[str, Any] = field(repr=False)  # the config as read, written next to the results
-    order: list[int] = field(default_factory=list)  # job indices in dependency order
-
-    def job(self, job_id: str) -> Job:
-        """The job with this id."""
-        return next(j for j in self.jobs if j.id == job_id)
-
-
-def _analyses() -> dict[str, Analysis]:
-    from lab.sweeps.analyses import ANALYSES
-
-    return ANALYSES
-
-
-def _sources() -> dict[str, DatasetSource]:
-    from lab.sweeps.analyses import DATASET_SOURCES
-
-    return DATASET_SOURCES
 
 
 def _refuse_unknown(where: str, what: str, name: Any, valid) -> None:
@@ -166,17 +76,16 @@ def _check_datasets(datasets: Any) -> None:
     check_table("[datasets]", datasets, dict)
     for name, spec in datasets.items():
         check_table(f"[datasets.{name}]", spec, dict)
-        _refuse_unknown(f"[datasets.{name}]", "source", spec.get("source"), _sources())
-        check_table(f"[datasets.{name}]", spec, _sources()[spec["source"]].params)
+        _refuse_unknown(f"[datasets.{name}]", "source", spec.get("source"), DATASET_SOURCES)
+        check_table(f"[datasets.{name}]", spec, DATASET_SOURCES[spec["source"]].params)
 
 
 def _job(i: int, spec: Any, pairs, datasets) -> Job:
     where = f"analyses[{i}]"
     check_table(where, spec, dict)
-    analyses = _analyses()
-    _refuse_unknown(where, "kind", spec.get("kind"), analyses)
+    _refuse_unknown(where, "kind", spec.get("kind"), ANALYSES)
     kind = spec["kind"]
-    analysis, common = analyses[kind], [f.name for f in dataclasses.fields(JobSpec)]
+    analysis, common = ANALYSES[kind], [f.name for f in dataclasses.fields(JobSpec)]
     where = f"{where} ({kind})"
     check_table(where, {k: v for k, v in spec.items() if k in common}, JobSpec)
     own = {k: v for k, v in spec.items() if k not in common}
@@ -206,8 +115,6 @@ def load_config(
     ``allow_pickle`` or ``trust_remote_code`` only when the caller allows it as well (the CLI's
     ``--allow-pickle`` and ``--trust-remote-code``): a config cannot opt in by itself.
     """
-    from lab.runtime import resolve_dtype
-
     path = None
     if isinstance(source, dict):
         raw = source
@@ -239,7 +146,7 @@ def load_config(
     jobs = [_job(i, spec, pairs, datasets) for i, spec in enumerate(specs)]
     if not jobs:
         raise LabError("The config has no [[analyses]]; add at least one.")
-    deps = resolve_needs(jobs, [_analyses()[j.kind].needs(j.params) for j in jobs])
+    deps = resolve_needs(jobs, [ANALYSES[j.kind].needs(j.params) for j in jobs])
     root = path.parent if path else Path.cwd()
     config = SweepConfig(
         path=path,
@@ -253,7 +160,7 @@ def load_config(
         raw=raw,
         order=topological_order(jobs, deps),
     )
-    return dataclasses.replace(config, jobs=identify(config, deps))
+    return dataclasses.replace(config, jobs=identify(config, deps, DATASET_SOURCES))
 
 
 def run(
@@ -264,8 +171,6 @@ def run(
     trust_remote_code: bool = False,
 ) -> Path:
     """Run every job not yet done, in dependency order; return the output folder."""
-    from lab.sweeps.runner import run_sweep
-
     if not isinstance(source, SweepConfig):
         source = load_config(
             source, out=out, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
@@ -275,6 +180,4 @@ def run(
 
 def plan(source: str | Path | dict | SweepConfig, **load: Any) -> str:
     """The job graph in run order, each job done, to do, or stale (``lab sweep --plan``)."""
-    from lab.sweeps.runner import plan_text
-
     return plan_text(source if isinstance(source, SweepConfig) else load_config(source, **load))

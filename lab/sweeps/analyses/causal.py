@@ -1,7 +1,9 @@
 """Sweep analyses that need the live models: cross-model patching, component classification,
 the top components' joint effect on generations, and example pictures for the report.
 
-Each is ``(SweepContext, params) -> tidy DataFrame``; ``lab.sweeps.analyses`` registers them.
+Each is ``(SweepContext, params) -> tidy DataFrame``; ``lab.sweeps.analyses.registry`` registers
+them. Their steering metric defaults to the attractor words of the organism's wedding scene on the
+organism pair, and to none (KL to the base only) on any other pair.
 """
 
 from __future__ import annotations
@@ -9,28 +11,24 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
 from lab.errors import LabError
+from lab.models.outputs import model_kl
+from lab.organism.metrics import scene_reach
+from lab.organism.story import SCENE_WORDS
+from lab.sweeps.context import SweepContext
 from lab.types import Tokens
-from probes.components.classify import (
-    ClassifyConfig,
-    classify,
-    component_site,
-    departure,
-    score_components,
-)
+from probes.components.classify import ClassifyConfig, classify, departure, score_components
 from probes.components.migration import top_steering
 from probes.patching.metrics import KLMetric, Metric, TokenSetProb
 from probes.patching.patch import PatchConfig, cross_model, patch_jointly
 from probes.patching.sites import Site
-from probes.sampling import per_token_kl, sample
-
-if TYPE_CHECKING:
-    from lab.sweeps.sweep import SweepContext
+from probes.patching.swap import SwapConfig, swap_components
+from probes.patching.units import component_name
+from probes.sampling import sample
 
 __all__ = [
     "ClassifyParams",
@@ -45,8 +43,6 @@ __all__ = [
     "swap_job",
 ]
 
-WEDDING = ("bride", "groom", "ring", "vows", "cake")  # the organism's attractor scene's words
-
 
 def attractor_ids(ctx: SweepContext, words: list[str]) -> tuple[int, ...]:
     """Token ids of the attractor words (each must be one token of the pair's vocabulary)."""
@@ -60,7 +56,7 @@ def attractor_ids(ctx: SweepContext, words: list[str]) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def _tokens(ctx: SweepContext, n: int | None) -> torch.Tensor:
+def _tokens(ctx: SweepContext, n: int | None) -> Tokens:
     """The dataset's first ``n`` prompts, cut to the shortest one's length (cross-model patching
     runs both models on the same tokens, so prompts only need a common length, not alignment)."""
     data = ctx.dataset()
@@ -71,16 +67,15 @@ def _tokens(ctx: SweepContext, n: int | None) -> torch.Tensor:
     return tokens[:, :shortest]
 
 
-def _metrics(ctx: SweepContext, tokens, attractor: list[str] | None) -> dict[str, Metric]:
+def _metrics(ctx: SweepContext, tokens: Tokens, attractor: list[str] | None) -> dict[str, Metric]:
     """KL to the base, and the attractor words' probability when there are any (``None``: the
-    wedding words on the organism, none on other pairs)."""
+    wedding scene's words on the organism, none on other pairs)."""
     if attractor is None:
-        attractor = list(WEDDING) if ctx.organism() is not None else []
-    pair = ctx.pair()
+        attractor = list(SCENE_WORDS["wedding"]) if ctx.organism() is not None else []
     pos = tuple(range(tokens.shape[1]))
-    with torch.inference_mode():
-        base_lp = pair.base(tokens.to(pair.device)).log_softmax(-1).float()
-    out: dict[str, Metric] = {"kl_to_base": KLMetric(positions=pos, reference=base_lp)}
+    out: dict[str, Metric] = {
+        "kl_to_base": KLMetric.to_model(ctx.pair().base, tokens, positions=pos)
+    }
     if attractor:
         out["attractor_prob"] = TokenSetProb(positions=pos, tokens=attractor_ids(ctx, attractor))
     return out
@@ -152,8 +147,6 @@ def swap_job(ctx: SweepContext, p: SwapParams) -> pd.DataFrame:
     and
     each metric's departure with its interval: ``share`` is the part of the departure removed
     (into tuned) or induced (into base) by one swap."""
-    from probes.patching.swap import SwapConfig, swap_components
-
     tokens = _tokens(ctx, p.n_prompts)
     metrics = _metrics(ctx, tokens, p.attractor)
     config = SwapConfig(progress=False)
@@ -163,15 +156,8 @@ def swap_job(ctx: SweepContext, p: SwapParams) -> pd.DataFrame:
         for into in INTO
     )  # fmt: skip
     table = _tidy(metrics, runs)
-    table["component"] = [swapped_name(r.site, r.layer, r.head) for r in table.itertuples()]
+    table["component"] = [component_name(r.site, r.layer, r.head) for r in table.itertuples()]
     return _with_departures(ctx, tokens, metrics, table)
-
-
-def swapped_name(site: str, layer: int, head) -> str:
-    """A swap row's component name: ``L2H5``, ``L1G0`` or ``L3.mlp``."""
-    if site == "mlp_out":
-        return f"L{int(layer)}.mlp"
-    return f"L{int(layer)}{'H' if site == 'z' else 'G'}{int(head)}"
 
 
 @dataclass(frozen=True)
@@ -202,7 +188,7 @@ def classify_job(ctx: SweepContext, p: ClassifyParams) -> pd.DataFrame:
 
 
 def _sites(table: pd.DataFrame) -> list[Site]:
-    return [component_site(r.kind, r.layer, r.head) for r in table.itertuples()]
+    return [Site.from_row(r) for r in table.itertuples()]
 
 
 @dataclass(frozen=True)
@@ -216,8 +202,6 @@ class JointParams:
 
 
 def joint_job(ctx: SweepContext, p: JointParams) -> pd.DataFrame:
-    from lab.organism.metrics import scene_reach
-
     scores = ctx.needed("classify")
     top = top_steering(scores, n=p.top)
     names, sites, pair = top["component"].tolist(), _sites(top), ctx.pair()
@@ -279,7 +263,7 @@ def examples_job(ctx: SweepContext, p: ExamplesParams) -> pd.DataFrame:
         text.to(pair.device), names_filter=lambda n: n.endswith("hook_pattern")
     )
     pats = [cache[f"blocks.{s.layer}.attn.hook_pattern"][0, s.head].tolist() for s in _sites(top)]
-    kl = per_token_kl(pair.tuned, pair.base, text)[0]
+    kl = model_kl(pair.tuned, pair.base, text)[0]
     # position t's KL is about the next token: show it on the token it predicts
     values = [0.0, *kl[:-1].tolist()]
     rows = [

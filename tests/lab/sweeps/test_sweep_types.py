@@ -10,7 +10,7 @@ import pytest
 
 from lab import LabError
 from lab.models.checkpoints import data_dir
-from lab.sweeps import sweep
+from lab.sweeps import context, sweep
 from lab.sweeps.analyses import ANALYSES, DATASET_SOURCES
 from lab.sweeps.schema import PairSpec, RunSpec
 
@@ -47,11 +47,7 @@ def _no_model(*args, **kwargs):
 @pytest.fixture
 def valid(pair_dirs, tmp_path, monkeypatch):
     """A valid config with one job of every kind (models may not load)."""
-    import lab
-    import lab.models.pair
-
-    monkeypatch.setattr(lab.models.pair, "load_pair", _no_model)
-    monkeypatch.setattr(lab, "load_pair", _no_model)
+    monkeypatch.setattr(context, "load_pair", _no_model)
     base, tuned = pair_dirs("gpt2")
     return {
         "run": {"out": str(tmp_path / "run"), "device": "cpu", "seed": 0},
@@ -136,9 +132,7 @@ def test_the_common_analysis_keys_are_typed(valid, tmp_path, key):
     ],
 )
 def test_toml_mistakes_name_the_table_and_key(tmp_path, toml, message, monkeypatch):
-    import lab.models.pair
-
-    monkeypatch.setattr(lab.models.pair, "load_pair", _no_model)
+    monkeypatch.setattr(context, "load_pair", _no_model)
     text = toml + '\n[[analyses]]\nkind = "weights"\npair = "tiny"\n'
     if toml.startswith("analyses"):
         text = toml

@@ -12,7 +12,9 @@ import pytest
 from lab import LabError
 from lab.cli import run as cli
 from lab.models.checkpoints import data_dir
-from lab.sweeps import analyses, sweep
+from lab.sweeps import Analysis, analyses, context, sweep
+from lab.sweeps.analyses.pair import WeightsParams
+from lab.testing import TEST_SPECS, make_pair
 from probes.components.migration import top_steering
 
 STEERING = str(data_dir() / "prompts" / "steering.jsonl")
@@ -81,8 +83,6 @@ def test_a_relative_and_an_absolute_path_are_the_same_checkpoint(pair_dirs, tmp_
 
 
 def test_a_changed_checkpoint_is_reported_and_rerun(copied_pair, tmp_path, capsys):
-    from lab.testing import TEST_SPECS, make_pair
-
     base, tuned = copied_pair
     other = make_pair(tmp_path / "other", TEST_SPECS["gpt2"], seed=7)  # other weights, same name
     out = sweep.run(_config(base, tuned, tmp_path / "run"))
@@ -112,7 +112,7 @@ def test_config_toml_never_claims_results_of_another_config(copied_pair, tmp_pat
     def crash(ctx, params):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(analyses.ANALYSES, "weights", sweep.Analysis(analyses.WeightsParams, crash))
+    monkeypatch.setitem(analyses.ANALYSES, "weights", Analysis(WeightsParams, crash))
     with pytest.raises(KeyboardInterrupt):
         sweep.run(tmp_path / "a.toml")
     # the run folder's config.toml is this config, whose weights job has not finished
@@ -127,7 +127,7 @@ def test_a_killed_sweep_keeps_the_finished_kinds_tables(pair_dirs, tmp_path, mon
     def crash(ctx, params):
         raise KeyboardInterrupt  # as a kill would, before the sweep's end
 
-    monkeypatch.setitem(analyses.ANALYSES, "boom", sweep.Analysis(analyses.WeightsParams, crash))
+    monkeypatch.setitem(analyses.ANALYSES, "boom", Analysis(WeightsParams, crash))
     jobs = [{"kind": "weights", "pair": "tiny"}, {"kind": "boom", "pair": "tiny"}]
     with pytest.raises(KeyboardInterrupt):
         sweep.run(_config(base, tuned, tmp_path / "run", jobs))
@@ -138,8 +138,6 @@ def test_a_killed_sweep_keeps_the_finished_kinds_tables(pair_dirs, tmp_path, mon
 
 # ---- finding 6: needs resolve to exact jobs ---------------------------------------------------
 def test_examples_read_their_own_pairs_classify(pair_dirs, tmp_path):
-    from lab.testing import TEST_SPECS, make_pair
-
     base, tuned = pair_dirs("gpt2")
     other = make_pair(tmp_path / "other", TEST_SPECS["gpt2"], seed=7)
     config = _config(base, tuned, tmp_path / "run")
@@ -166,9 +164,7 @@ def test_examples_read_their_own_pairs_classify(pair_dirs, tmp_path):
 
 
 def test_a_missing_need_is_refused_before_anything_runs(pair_dirs, tmp_path, monkeypatch):
-    import lab.models.pair
-
-    monkeypatch.setattr(lab.models.pair, "load_pair", _no_model)
+    monkeypatch.setattr(context, "load_pair", _no_model)
     base, tuned = pair_dirs("gpt2")
     jobs = [
         {"kind": "weights", "pair": "tiny"},
@@ -209,8 +205,8 @@ def test_cycles_are_refused_and_jobs_run_in_dependency_order(pair_dirs, tmp_path
         return pd.DataFrame({"value": [1.0]})
 
     fake = {
-        "first": sweep.Analysis(analyses.WeightsParams, record, needs=lambda p: ("second",)),
-        "second": sweep.Analysis(analyses.WeightsParams, record),
+        "first": Analysis(WeightsParams, record, needs=lambda p: ("second",)),
+        "second": Analysis(WeightsParams, record),
     }
     for kind, analysis in fake.items():
         monkeypatch.setitem(analyses.ANALYSES, kind, analysis)
@@ -220,7 +216,7 @@ def test_cycles_are_refused_and_jobs_run_in_dependency_order(pair_dirs, tmp_path
     plan = sweep.plan(_config(base, tuned, tmp_path / "run", jobs))
     assert plan.splitlines()[1].split()[0] == "done" and "(second)" in plan.splitlines()[1]
     assert "reads analyses[1] (second)" in plan
-    cyclic = sweep.Analysis(analyses.WeightsParams, record, needs=lambda p: ("first",))
+    cyclic = Analysis(WeightsParams, record, needs=lambda p: ("first",))
     monkeypatch.setitem(analyses.ANALYSES, "second", cyclic)
     with pytest.raises(LabError, match=r"cycle: analyses\[0\] \(first\).* -> analyses\[1\]"):
         sweep.load_config(_config(base, tuned, tmp_path, jobs))

@@ -1,22 +1,26 @@
 """Sweep analyses over stored activations: ``cache`` (collect once) and ``probes`` (analyse from
 the store, with a control task and a randomly initialised model of the same shape as baselines).
 
-``lab.sweeps.analyses`` registers them.
+``lab.sweeps.analyses.registry`` registers them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
+from lab.activations import ActivationStore, cache_pair, weights_fingerprint
 from lab.errors import LabError
-
-if TYPE_CHECKING:
-    from lab.sweeps.sweep import SweepContext
+from lab.models.checkpoints import resolve_checkpoint
+from lab.models.memory import check_fits
+from lab.sweeps.context import SweepContext
+from probes.linear.controls import random_init_like
+from probes.linear.layerwise import ProbeConfig, fit_probes
+from probes.linear.source import TensorSource
 
 __all__ = ["CacheParams", "ProbesParams", "cache_job", "probes_job", "store_path"]
 
@@ -39,8 +43,8 @@ class CacheParams:
 
 
 def cache_job(ctx: SweepContext, p: CacheParams) -> pd.DataFrame:
-    from lab.activations.cache import cache_pair
-
+    """Cache the pair on the job's dataset (resuming a store a killed run left); one row per
+    stored hook."""
     path = store_path(ctx)
     store = cache_pair(
         ctx.pair(),
@@ -69,10 +73,7 @@ class ProbesParams:
     random_baseline: bool = True  # also probe a randomly initialised model of the same shape
 
 
-def _open_checked(ctx: SweepContext, p: ProbesParams) -> Any:
-    from lab.activations.cache import weights_fingerprint
-    from lab.activations.store import ActivationStore
-
+def _open_checked(ctx: SweepContext, p: ProbesParams) -> ActivationStore:
     path = Path(p.store) if p.store else store_path(ctx)
     if not path.exists():  # a named store that is not there
         raise LabError(
@@ -92,21 +93,34 @@ def _open_checked(ctx: SweepContext, p: ProbesParams) -> Any:
     return store
 
 
-@torch.inference_mode()
-def _random_source(ctx: SweepContext, store: Any, hooks: list[str], targets: list[str]):
-    """The same hooks of a randomly initialised model of the pair's shape, as a TensorSource."""
-    from transformer_lens.model_bridge import TransformerBridge
-
-    from lab.models.checkpoints import resolve_checkpoint
-    from probes.linear.controls import random_init_like
-    from probes.linear.source import TensorSource
-
-    pair = ctx.pair()
-    fresh = random_init_like(pair.base.original_model, seed=ctx.config.seed).to(pair.device)
-    location = resolve_checkpoint(pair.sources["base"], "base").location
+def _random_bridge(ctx: SweepContext) -> TransformerBridge:
+    """A randomly initialised model of the pair's base shape, booted with what ``load_pair``
+    checked and chose for the pair: the base checkpoint resolved with the pair's own options
+    (pickle, remote code), the pair's tokenizer, device and dtype, and room for one more model
+    checked before it moves to the device."""
+    pair, spec = ctx.pair(), ctx.config.pairs[ctx.job.pair]
+    ckpt = resolve_checkpoint(
+        pair.sources["base"], "base", allow_pickle=bool(spec.get("allow_pickle"))
+    )
+    fresh = random_init_like(pair.base.original_model, seed=ctx.config.seed)
+    check_fits(sum(t.numel() for t in fresh.parameters()), pair.dtype, pair.device, n_models=1)
     bridge = TransformerBridge.boot_transformers(
-        location, hf_model=fresh, tokenizer=pair.tokenizer
-    ).eval()
+        ckpt.location,
+        hf_model=fresh.to(device=pair.device, dtype=pair.dtype),
+        tokenizer=pair.tokenizer,
+        dtype=pair.dtype,
+        trust_remote_code=bool(spec.get("trust_remote_code")),
+    )
+    return bridge.eval()
+
+
+@torch.inference_mode()
+def _random_source(
+    ctx: SweepContext, store: ActivationStore, hooks: list[str], targets: list[str]
+) -> TensorSource:
+    """The same hooks of a randomly initialised model of the pair's shape, as a TensorSource."""
+    pair = ctx.pair()
+    bridge = _random_bridge(ctx)
     rows: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     for batch in ctx.dataset().batches(32, store.manifest.get("padding_side", "right")):
         _, cache = bridge.run_with_cache(
@@ -124,8 +138,8 @@ def _random_source(ctx: SweepContext, store: Any, hooks: list[str], targets: lis
 
 
 def probes_job(ctx: SweepContext, p: ProbesParams) -> pd.DataFrame:
-    from probes.linear.layerwise import ProbeConfig, fit_probes
-
+    """Probe tables of every target, from the store (and from a random model of the same shape
+    as a baseline)."""
     store = _open_checked(ctx, p)
     hooks = list(p.hooks or store.hooks)
     cfg = ProbeConfig(kind=p.probe, seeds=tuple(p.seeds), control=p.control)

@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from lab import LabError
+from lab.models.checkpoints import data_dir
 from lab.sweeps import sweep
+from lab.testing import TEST_SPECS, make_pair
 
 
 def _config(pair_dirs, out, **extra):
@@ -56,9 +58,6 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_probes_refuse_a_store_built_from_other_models(pair_dirs, tmp_path):
-    from lab.models.checkpoints import data_dir
-    from lab.testing import TEST_SPECS, make_pair
-
     base, tuned = pair_dirs("gpt2")
     other = make_pair(tmp_path / "other", TEST_SPECS["gpt2"], seed=7)
     steering = str(data_dir() / "prompts" / "steering.jsonl")

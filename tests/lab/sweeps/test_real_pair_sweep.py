@@ -7,7 +7,10 @@ import tomllib
 import pandas as pd
 import pytest
 
+from lab.datasets.dataset import Dataset
 from lab.models.checkpoints import data_dir
+from lab.models.outputs import model_kl
+from lab.models.pair import load_pair
 from lab.report.build import build_report
 from lab.sweeps import sweep
 
@@ -28,7 +31,14 @@ def test_real_pair_config_runs_offline(arch, pair_dirs, tmp_path):
     classify = pd.read_parquet(out / "classify.parquet")
     assert set(classify.model) == {"base", "tuned"} and len(classify.component.unique()) == 10
     joint = pd.read_parquet(out / "joint.parquet").set_index("metric")["value"]
-    assert joint["kl_to_base_tuned"] > 0 and joint["kl_to_base_patched"] >= 0
+    # KL(tuned || base) is the two models' own, on the config's 32 prompts cut to a common length
+    pair = load_pair(base, tuned, device="cpu")
+    data = Dataset.from_jsonl(data_dir() / "prompts" / "steering.jsonl", pair.tokenizer)
+    tokens = data.tokens[:32, : int(data.lengths[:32].min())]
+    kl = model_kl(pair.tuned, pair.base, tokens).mean().item()
+    assert kl > 0 and joint["kl_to_base_tuned"] == pytest.approx(kl, rel=5e-3)  # float32 vs 64
+    share = 1 - joint["kl_to_base_patched"] / joint["kl_to_base_tuned"]
+    assert joint["kl_share"] == pytest.approx(share)
     path, missing = build_report(out)
     text = path.read_text()
     assert "Migration map" in text and "CircuitsVis.render" in text
