@@ -4,8 +4,8 @@ A ``Dataset`` holds its sequences right-padded in one tensor with their lengths,
 mask of the positions that matter (every real token by default), per-position ``targets``
 (``[batch, pos, ...]`` tensors: belief states, next-token distributions ...) and per-sequence
 ``labels`` (one value per sequence, from JSONL fields). ``batches`` cuts it into padded
-``Batch`` es, left or right padded, whose ``keep`` mask is where real, selected tokens are:
-only those rows ever reach a store or a metric.
+``lab.datasets.batch.Batch`` es, left or right padded, whose ``keep`` mask is where real,
+selected tokens are: only those rows ever reach a store or a metric.
 
 Sources: token lists (``from_tokens``), strings (``from_texts``), JSONL prompt files
 (``from_jsonl``), plain text chunked into windows (``from_text_file``), and organism samples
@@ -19,47 +19,18 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
+from lab.datasets.batch import Batch, Padding
 from lab.errors import LabError
-from lab.types import Mask, Tokens
+from lab.types import Tokens
 
-__all__ = ["Batch", "Dataset"]
-
-Padding = Literal["left", "right"]
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Padded sequences of a dataset, ready for a forward, and the rows that count."""
-
-    tokens: Tokens  # token ids, padded to the longest sequence of the batch
-    attention_mask: Mask  # True at real tokens, False at padding
-    keep: Mask  # True at the rows to store: real tokens that the dataset selects
-    index: Int[Tensor, " batch"]  # each row's sequence index in the dataset
-    positions: Int[Tensor, "batch pos"]  # position within its sequence; -1 at padding
-    targets: dict[str, Tensor] = field(default_factory=dict)  # name -> [row, ...] at kept rows
-
-    @property
-    def n_rows(self) -> int:
-        """How many token rows the batch contributes."""
-        return int(self.keep.sum())
-
-    def row_sequences(self) -> Int[Tensor, " token"]:
-        """Sequence index of each kept row (rows in sequence order, then position order)."""
-        return self.index[:, None].expand_as(self.keep)[self.keep]
-
-    def row_positions(self) -> Int[Tensor, " token"]:
-        """Position within its sequence of each kept row."""
-        return self.positions[self.keep]
-
-    def forward_kwargs(self) -> dict[str, Tensor]:
-        """Keyword arguments for the forward: the attention mask, only when there is padding."""
-        return {} if bool(self.attention_mask.all()) else {"attention_mask": self.attention_mask}
+__all__ = ["Dataset"]
 
 
 def _read_text(path: Path) -> str:
@@ -150,7 +121,7 @@ class Dataset:
     def from_texts(
         cls,
         texts: Sequence[str],
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         labels: dict[str, Sequence[Any]] | None = None,
         prepend_bos: bool = True,
@@ -164,7 +135,12 @@ class Dataset:
 
     @classmethod
     def from_jsonl(
-        cls, path: str | Path, tokenizer: Any, *, text_field: str = "text", prepend_bos: bool = True
+        cls,
+        path: str | Path,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        text_field: str = "text",
+        prepend_bos: bool = True,
     ) -> Dataset:
         """A JSONL prompt file, one object a line: ``text_field`` tokenized, other fields labels."""
         path = Path(path)
@@ -192,7 +168,12 @@ class Dataset:
 
     @classmethod
     def from_text_file(
-        cls, path: str | Path, tokenizer: Any, *, seq_len: int = 128, prepend_bos: bool = True
+        cls,
+        path: str | Path,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        seq_len: int = 128,
+        prepend_bos: bool = True,
     ) -> Dataset:
         """Plain text tokenized as one stream and cut into windows of ``seq_len`` tokens."""
         path = Path(path)

@@ -21,10 +21,15 @@ the record:
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING
+
+from transformers import PreTrainedTokenizerBase
 
 from lab.datasets.prompts import PromptRecord
 from lab.errors import LabError
+
+if TYPE_CHECKING:  # for annotations only: importing transformer_lens takes seconds
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["Ids", "outcome_sequences", "spellings", "word_separator"]
 
@@ -42,7 +47,7 @@ def spellings(outcome: str, *, merge_case: bool = True, leading_space: bool = Tr
 
 
 @functools.lru_cache(maxsize=8)  # a vocabulary scan: once per tokenizer, not per record
-def word_separator(tokenizer: Any) -> str:
+def word_separator(tokenizer: PreTrainedTokenizerBase) -> str:
     """What ``tokenizer.decode`` puts between two whole-word tokens that neither has alone.
 
     A space for a word-level tokenizer without a decoder (it joins tokens with spaces), ``""``
@@ -73,7 +78,7 @@ def _decodes_to(decoded: str, text: str, sep: str) -> bool:
     return decoded == text or (bool(sep) and decoded.replace(sep, "") == text.replace(sep, ""))
 
 
-def _encode(model: Any, text: str, templated: bool) -> list[int]:
+def _encode(model: TransformerBridge, text: str, templated: bool) -> list[int]:
     """Token ids of ``text``: a rendered chat text carries its own special tokens; plain text
     gets the model's own BOS convention (``to_tokens``)."""
     if templated:
@@ -82,7 +87,7 @@ def _encode(model: Any, text: str, templated: bool) -> list[int]:
 
 
 def outcome_sequences(
-    model: Any,
+    model: TransformerBridge,
     prompt_text: str,
     rec: PromptRecord,
     templated: bool = False,

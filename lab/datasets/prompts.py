@@ -29,8 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedTokenizerBase
+
 from lab.errors import LabError, close_matches
 from lab.models.checkpoints import Checkpoint, data_dir, load_tokenizer, resolve_checkpoint
+from lab.models.pair import ModelPair
 
 __all__ = [
     "PLAIN_CHAT",
@@ -173,14 +176,14 @@ def parse_set_spec(spec: str) -> tuple[str, str]:
     return spec, "records"
 
 
-def _template_of(tokenizer: Any) -> str | None:
+def _template_of(tokenizer: PreTrainedTokenizerBase) -> str | None:
     tmpl = getattr(tokenizer, "chat_template", None)
     if isinstance(tmpl, dict):  # named templates: the default one
         tmpl = tmpl.get("default")
     return tmpl or None
 
 
-def find_chat_template(pair: Any) -> tuple[str | None, str | None]:
+def find_chat_template(pair: ModelPair) -> tuple[str | None, str | None]:
     """(template, role it came from): the tuned checkpoint's, else the base's, else (None, None).
 
     The pair shares the base's tokenizer, so the tuned checkpoint's tokenizer config is read again
@@ -208,7 +211,7 @@ def _no_template(rec: PromptRecord, set_name: str) -> LabError:
     )
 
 
-def _apply(tokenizer: Any, template: str, text: str) -> str:
+def _apply(tokenizer: PreTrainedTokenizerBase, template: str, text: str) -> str:
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": text}],
         chat_template=template,
@@ -230,7 +233,11 @@ RENDER_MODES: dict[str, Callable[[PromptRecord], bool]] = {
 
 
 def render(
-    rec: PromptRecord, tokenizer: Any, template: str | None, mode: str = "records", set_name=""
+    rec: PromptRecord,
+    tokenizer: PreTrainedTokenizerBase,
+    template: str | None,
+    mode: str = "records",
+    set_name: str = "",
 ) -> tuple[str, bool]:
     """(text the models read, whether the chat template was applied) for one record."""
     if mode not in RENDER_MODES:
@@ -254,7 +261,7 @@ class RenderedPrompt:
 
 
 def render_set(
-    pair: Any, spec: str, template: tuple[str | None, str | None] | None = None
+    pair: ModelPair, spec: str, template: tuple[str | None, str | None] | None = None
 ) -> list[RenderedPrompt]:
     """Every record of a set (``NAME`` or ``NAME:MODE``) rendered for ``pair``.
 
