@@ -1,34 +1,28 @@
 """Paired activation caching: base and tuned on the same batches, streamed to an on-disk store.
 
 For each batch, both models run with forward hooks on the requested hook points (added in a
-context manager, always removed). Each hook gathers the kept rows (real, selected tokens) on the
-device, casts them to the storage dtype and copies them into a host buffer (pinned on CUDA,
-asynchronous); after the last requested hook it raises a private exception, so nothing after it
-runs (no final norm or unembedding unless asked for). A writer thread turns filled buffers into
-shards while the next batch computes. A fixed pool of buffers bounds memory: when the disk falls
-behind, compute waits for a free buffer, so memory depends on the batch, never on the dataset.
+context manager, always removed), which copy the kept rows (real, selected tokens) into host
+buffers and stop the forward after the last requested hook (``lab.activations.capture``). A writer
+thread turns filled buffers into shards while the next batch computes. A fixed pool of buffers
+bounds memory: when the disk falls behind, compute waits for a free buffer, so memory depends on
+the batch, never on the dataset.
 
 Every option is checked before anything is written (a refused run leaves no manifest behind).
-The writer records each shard's size and SHA-256 as it writes it (``lab.activations.store``); a
-resume checks
-every present shard against its record and recomputes the missing and the damaged ones. Ctrl-C
+The writer records each shard's size and SHA-256 as it writes it (``lab.activations.records``); a
+resume checks every present shard against its record and recomputes the missing and the damaged
+ones. Ctrl-C
 stops after the shards already computed are written and raises ``CacheInterrupted`` (a
 ``KeyboardInterrupt``) saying what was kept.
 """
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import sys
 import threading
 from collections.abc import Sequence
-from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,33 +35,32 @@ from lab.activations.cache_checks import (
     disk_error,
     unwritable,
 )
-from lab.activations.hooks import HookPlan, plan_hooks
-from lab.activations.shards import ShardRecord, file_sha256, write_shard
-from lab.activations.store import (
-    FORMAT,
+from lab.activations.capture import Capture, host_slot, run_batch
+from lab.activations.hooks import plan_hooks
+from lab.activations.manifest import (
+    build_manifest,
+    identity_diff,
+    now,
+    read_manifest,
+    write_manifest,
+)
+from lab.activations.records import (
     JOURNAL,
-    ActivationStore,
     append_record,
     complete_shards,
-    identity_diff,
-    model_location,
-    read_manifest,
     scan_shards,
     shard_path,
     shard_records,
-    write_manifest,
 )
-from lab.datasets.dataset import Batch, Dataset, Padding
+from lab.activations.shards import ShardRecord, file_sha256, write_shard
+from lab.activations.store import ActivationStore
+from lab.datasets.batch import Padding
+from lab.datasets.dataset import Dataset
 from lab.errors import LabError
+from lab.models.pair import ModelPair
 from lab.runtime import parse_device, resolve_dtype
 
-__all__ = ["CacheInterrupted", "cache_pair", "check_options", "weights_fingerprint"]
-
-_PACKAGES = ("torch", "transformers", "transformer-lens", "safetensors", "steerlab")
-
-
-class _Stop(Exception):
-    """Raised by the last requested hook: the rest of the forward is not needed."""
+__all__ = ["cache_pair"]
 
 
 @dataclass(frozen=True)
@@ -76,67 +69,7 @@ class _Job:
     slot: dict[str, Tensor]  # host buffers "model/hook" -> [max_rows, ...]
     rows: int  # rows filled in each buffer
     extra: dict[str, Tensor]  # seq, pos and targets of the rows (CPU)
-    done: Any  # CUDA event to wait on before reading the buffers, or None
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "unknown"
-    return out
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def weights_fingerprint(model: Any) -> str:
-    """A cheap hash of the weights: the first and last values of every parameter."""
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        flat = p.detach().reshape(-1)
-        edge = torch.cat([flat[:8], flat[-8:]]).float().cpu()
-        h.update(name.encode() + edge.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _manifest(pair, dataset: Dataset, plan: HookPlan, dtype, batch_size, padding_side) -> dict:
-    example = dataset.batch(0, 1)
-    targets = {
-        k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape[1:])}
-        for k, t in example.targets.items()
-    }
-    return {
-        "format": FORMAT,
-        "models": {
-            role: {
-                "source": pair.sources.get(role, role),
-                "location": model_location(pair.sources.get(role, role)),
-                "fingerprint": weights_fingerprint(m),
-            }
-            for role, m in pair.models.items()
-        },
-        "hooks": list(plan.names),
-        "shapes": {h: list(s) for h, s in plan.shapes.items()},
-        "dtype": str(dtype).removeprefix("torch."),
-        "dataset": {
-            "name": dataset.name,
-            "hash": dataset.fingerprint(),
-            "n_sequences": len(dataset),
-            "n_tokens": dataset.n_tokens,
-        },
-        "batch_size": batch_size,
-        "padding_side": padding_side,
-        "n_shards": -(-len(dataset) // batch_size),
-        "targets": targets,
-        "pair": {"architecture": pair.cfg.architecture, "n_layers": pair.cfg.n_layers},
-        "versions": _versions(),
-        "created": _now(),
-        "complete": False,
-    }
+    done: torch.cuda.Event | None  # CUDA event to wait on before reading the buffers, or None
 
 
 def _prepare(root: Path, manifest: dict, resume: bool) -> list[int]:
@@ -182,48 +115,6 @@ def _prepare(root: Path, manifest: dict, resume: bool) -> list[int]:
     return todo
 
 
-def _host_slot(plan: HookPlan, roles, max_rows: int, dtype, pin: bool) -> dict[str, Tensor]:
-    return {
-        f"{role}/{h}": torch.empty((max_rows, *plan.shapes[h]), dtype=dtype, pin_memory=pin)
-        for role in roles
-        for h in plan.names
-    }
-
-
-class _Capture:
-    """Per-batch target of the hooks: which rows to keep and the host buffers to fill."""
-
-    def __init__(self, plan: HookPlan, dtype: torch.dtype) -> None:
-        self.plan, self.dtype = plan, dtype
-        self.index: Tensor | None = None  # kept rows of the flattened (batch * pos) activation
-        self.slot: dict[str, Tensor] = {}  # "model/hook" -> host buffer of this batch
-
-    def hook(self, role: str, name: str):
-        key, last = f"{role}/{name}", name == self.plan.last
-
-        def fn(act: Any, *, hook: Any) -> Any:
-            t = (act[0] if isinstance(act, tuple) else act).detach().flatten(0, 1)
-            buf = self.slot[key][: self.index.shape[0]]
-            if t.device == buf.device and t.dtype == buf.dtype:  # CPU: gather straight in
-                torch.index_select(t, 0, self.index, out=buf)
-            else:  # gather on the device, then one (asynchronous) copy to the host
-                buf.copy_(t.index_select(0, self.index).to(self.dtype), non_blocking=True)
-            if last:
-                raise _Stop
-            return act
-
-        return fn
-
-    @contextmanager
-    def attached(self, models: dict[str, Any]):
-        """The hooks on every model for the whole run, removed on exit whatever happens."""
-        with ExitStack() as stack:
-            for role, model in models.items():
-                hooks = [(h, self.hook(role, h)) for h in self.plan.names]
-                stack.enter_context(model.hooks(fwd_hooks=hooks))
-            yield self
-
-
 class _Writer(threading.Thread):
     """Writes queued shards in order; returns their buffers to the pool."""
 
@@ -261,7 +152,7 @@ def _present(root: Path, total: int) -> int:
 
 
 def cache_pair(
-    pair: Any,
+    pair: ModelPair,
     dataset: Dataset,
     hooks: str | Sequence[str] = "resid_post",
     *,
@@ -298,7 +189,7 @@ def cache_pair(
     if len(dataset) == 0:
         raise LabError("The dataset is empty.")
     plan = plan_hooks(pair.base, hooks)
-    manifest = _manifest(pair, dataset, plan, dtype, batch_size, padding_side)
+    manifest = build_manifest(pair, dataset, plan, dtype, batch_size, padding_side)
     root = Path(out)
     total = manifest["n_shards"]
     try:
@@ -311,7 +202,7 @@ def cache_pair(
     max_rows = min(batch_size, len(dataset)) * dataset.max_len
     pool: queue.Queue = queue.Queue()
     for _ in range(queue_depth + 1):
-        pool.put(_host_slot(plan, pair.models, max_rows, dtype, pin=cuda))
+        pool.put(host_slot(plan, pair.models, max_rows, dtype, pin=cuda))
     writer = _Writer(root, pool, queue_depth)
     writer.start()
     done_tokens = dataset.n_tokens - sum(rows[i] for i in todo)
@@ -324,14 +215,14 @@ def cache_pair(
         desc=f"caching {len(plan.names)} hooks x {len(pair.models)} models",
     )
     try:
-        with torch.inference_mode(), _Capture(plan, dtype).attached(pair.models) as capture:
+        with torch.inference_mode(), Capture(plan, dtype).attached(pair.models) as capture:
             for i in todo:
                 batch = dataset.batch(i * batch_size, (i + 1) * batch_size, padding_side)
                 slot = pool.get()
                 if writer.error is not None:
                     pool.put(slot)
                     break
-                _run_batch(pair, capture, batch, slot)
+                run_batch(pair, capture, batch, slot)
                 event = torch.cuda.Event() if cuda else None
                 if event is not None:
                     event.record()
@@ -354,17 +245,6 @@ def cache_pair(
         raise e
     records = shard_records(root, read_manifest(root) or manifest)
     shards = [{"bytes": records[i].bytes, "sha256": records[i].sha256} for i in range(total)]
-    write_manifest(root, manifest | {"complete": True, "finished": _now(), "shards": shards})
+    write_manifest(root, manifest | {"complete": True, "finished": now(), "shards": shards})
     (root / JOURNAL).unlink(missing_ok=True)  # folded into the manifest
     return ActivationStore.open(root)
-
-
-def _run_batch(pair: Any, capture: _Capture, batch: Batch, slot: dict) -> None:
-    device = pair.device
-    tokens = batch.tokens.to(device, non_blocking=True)
-    capture.index = batch.keep.reshape(-1).nonzero().squeeze(1).to(device, non_blocking=True)
-    capture.slot = slot
-    kwargs = {k: v.to(device, non_blocking=True) for k, v in batch.forward_kwargs().items()}
-    for model in pair.models.values():
-        with suppress(_Stop):
-            model(tokens, return_type=None, **kwargs)

@@ -18,11 +18,16 @@ import fnmatch
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lab.errors import LabError, close_matches
+from lab.runtime import device_of
+
+if TYPE_CHECKING:  # for annotations only: importing transformer_lens takes seconds
+    from transformer_lens.hook_points import HookPoint
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = [
     "HookPlan",
@@ -60,7 +65,7 @@ def split_patterns(patterns: str | Sequence[str]) -> list[str]:
     return out
 
 
-def hook_point(model: Any, name: str) -> Any | None:
+def hook_point(model: TransformerBridge, name: str) -> HookPoint | None:
     """The hook point called ``name`` (a TransformerLens name or alias), or None if there is none.
 
     Follows the module path first (``blocks.3.hook_resid_pre`` is an attribute chain on a
@@ -126,7 +131,7 @@ def _prod(shape: tuple[int, ...]) -> int:
     return out
 
 
-def _resolve(model: Any, patterns: str | Sequence[str]) -> list[str]:
+def _resolve(model: TransformerBridge, patterns: str | Sequence[str]) -> list[str]:
     """Matched names, one per hook point (the alias where there is one), gated-off dropped."""
     hook_dict = model.hook_dict
     names = list(hook_dict)
@@ -145,36 +150,33 @@ def _resolve(model: Any, patterns: str | Sequence[str]) -> list[str]:
     return list(by_point.values())
 
 
-class _ProbeDone(Exception):
-    """Raised once every probed hook has fired."""
+_Fired = list[tuple[str, tuple[int, ...]]]  # (hook, activation shape) in firing order
 
 
-def _probe(model: Any, names: list[str], pos: int) -> list[tuple[str, tuple[int, ...]]]:
-    fired: list[tuple[str, tuple[int, ...]]] = []
+def _probe(model: TransformerBridge, names: list[str], pos: int) -> _Fired:
+    fired: _Fired = []
 
     def make(name: str):
         def record(act: Any, *, hook: Any) -> Any:
             t = act[0] if isinstance(act, tuple) else act
             fired.append((name, tuple(t.shape) if isinstance(t, torch.Tensor) else ()))
             if len({n for n, _ in fired}) == len(names):
-                raise _ProbeDone  # every hook seen: skip the rest of the forward
+                raise StopForward  # every hook seen: skip the rest of the forward
             return act
 
         return record
 
-    device = next(model.parameters()).device
-    tokens = torch.zeros(2, pos, dtype=torch.long, device=device)
+    tokens = torch.zeros(2, pos, dtype=torch.long, device=device_of(model))
     try:
-        with torch.inference_mode(), model.hooks(fwd_hooks=[(n, make(n)) for n in names]):
+        hooks = [(n, make(n)) for n in names]
+        with torch.inference_mode(), model.hooks(fwd_hooks=hooks), stopping():
             model(tokens, return_type=None)
-    except _ProbeDone:
-        pass
     except ValueError as e:  # TransformerLens refuses gated-off hooks with a ValueError
         raise LabError(f"Cannot hook {names}: {e}") from e
     return fired
 
 
-def plan_hooks(model: Any, patterns: str | Sequence[str]) -> HookPlan:
+def plan_hooks(model: TransformerBridge, patterns: str | Sequence[str]) -> HookPlan:
     """Resolve ``patterns`` on ``model`` and probe their firing order and per-token shapes."""
     names = _resolve(model, patterns)
     runs = [_probe(model, names, pos) for pos in (3, 4)]

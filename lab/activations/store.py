@@ -11,9 +11,10 @@ Layout of a store folder::
 
 Why safetensors: a plain, safe (no pickle), documented format that every framework reads, with
 zero-copy memory mapping; one file per batch makes each write atomic (see
-``lab.activations.shards``), and a
-run killed at any point leaves complete shards 0..k-1 that open as they are. The manifest is
-written before the first shard and marked ``complete`` after the last.
+``lab.activations.shards``), and a run killed at any point leaves complete shards 0..k-1 that open
+as they are. The manifest (``lab.activations.manifest``) is written before the first shard and
+marked ``complete`` after the last; the journal (``lab.activations.records``) records each shard
+as it is written.
 
 Integrity: opening checks every shard's size against its header and its record (a stat and a
 header read per shard); ``verify=True`` (``lab store info``, and every resume) also checks the
@@ -26,9 +27,6 @@ Reading (``ActivationStore``) is by model, hook and token slice, memory-mapped, 
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,132 +36,13 @@ from jaxtyping import Int
 from torch import Tensor
 
 from lab.activations.hooks import match_hooks, split_patterns
-from lab.activations.shards import ShardReader, ShardRecord, shard_problem
+from lab.activations.manifest import MANIFEST, read_manifest
+from lab.activations.records import scan_shards, shard_path
+from lab.activations.shards import ShardReader
 from lab.errors import LabError, close_matches
 from lab.types import Stacked
 
-__all__ = [
-    "FORMAT",
-    "ActivationStore",
-    "append_record",
-    "identity_diff",
-    "model_location",
-    "scan_shards",
-    "shard_path",
-    "shard_records",
-    "write_manifest",
-]
-
-FORMAT = "steerlab-activation-store/1"
-MANIFEST = "manifest.json"
-JOURNAL = "shards.jsonl"
-_SHARD = re.compile(r"shard-(\d{6})\.safetensors")
-# Manifest keys that must agree for a store to be "the same store" (resume, reuse).
-IDENTITY = ("models", "hooks", "dtype", "shapes", "dataset", "batch_size", "padding_side")
-
-
-def shard_path(root: Path, index: int) -> Path:
-    return root / f"shard-{index:06d}.safetensors"
-
-
-def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest atomically (temporary file, fsync, rename)."""
-    tmp = root / f".{MANIFEST}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / MANIFEST)
-
-
-def model_location(source: str) -> str:
-    """What a checkpoint name points at: an existing folder as its resolved absolute path (so
-    ``./m``, ``m`` and ``/abs/m`` agree), anything else (a hub id, ``organism``) as given."""
-    path = Path(source).expanduser()
-    if source.split("/")[0] != "organism" and path.exists():
-        return str(path.resolve())
-    return source
-
-
-def _identity(manifest: dict[str, Any], key: str) -> Any:
-    value = manifest.get(key)
-    if key == "models" and isinstance(value, dict):  # by what the names point at, not spelling
-        return {
-            role: (m.get("location") or model_location(m["source"]), m.get("fingerprint"))
-            for role, m in value.items()
-        }
-    return value
-
-
-def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The identity keys on which two manifests differ."""
-    return [k for k in IDENTITY if _identity(old, k) != _identity(new, k)]
-
-
-def shard_records(root: Path, manifest: dict[str, Any]) -> dict[int, ShardRecord]:
-    """Each shard's recorded size and checksum: the manifest's, updated by the journal's."""
-    out = {
-        i: ShardRecord(r["bytes"], r["sha256"])
-        for i, r in enumerate(manifest.get("shards") or [])
-        if r is not None
-    }
-    journal = root / JOURNAL
-    if journal.is_file():
-        for line in journal.read_text(errors="replace").splitlines():
-            try:
-                r = json.loads(line)
-                out[int(r["index"])] = ShardRecord(int(r["bytes"]), str(r["sha256"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # blank, or cut short by a kill: that shard is checked by its header
-    return out
-
-
-def append_record(root: Path, index: int, record: ShardRecord) -> None:
-    """Record a written shard in the journal (appended, flushed and fsynced)."""
-    line = {"index": index, "bytes": record.bytes, "sha256": record.sha256}
-    with open(root / JOURNAL, "a") as f:
-        f.write("\n" + json.dumps(line))  # on a line of its own, even after one cut short
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def scan_shards(
-    root: Path, manifest: dict[str, Any], checksum: bool
-) -> tuple[list[int], dict[int, str]]:
-    """The shard files present and intact, and the damaged ones with what is wrong with each."""
-    records = shard_records(root, manifest)
-    present = sorted(int(m.group(1)) for p in root.iterdir() if (m := _SHARD.fullmatch(p.name)))
-    good, damaged = [], {}
-    for i in present:
-        problem = shard_problem(shard_path(root, i), records.get(i), checksum)
-        if problem is None:
-            good.append(i)
-        else:
-            damaged[i] = problem
-    return good, damaged
-
-
-def read_manifest(root: Path) -> dict[str, Any] | None:
-    """The manifest of the store in ``root``, or None when there is none."""
-    path = root / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LabError(f"{path} is not valid JSON ({e}); this folder is not a usable store.") from e
-    if manifest.get("format") != FORMAT:
-        raise LabError(f"{path} is not a Steerlab activation store manifest ({FORMAT}).")
-    return manifest
-
-
-def complete_shards(root: Path) -> int:
-    """How many shards 0..k-1 exist without a gap (the first missing one is k)."""
-    present = {int(m.group(1)) for p in root.iterdir() if (m := _SHARD.fullmatch(p.name))}
-    k = 0
-    while k in present:
-        k += 1
-    return k
+__all__ = ["ActivationStore"]
 
 
 class ActivationStore:
