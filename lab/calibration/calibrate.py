@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -33,6 +33,11 @@ from torch import Tensor
 from lab.datasets.outcomes import Ids, outcome_sequences
 from lab.datasets.prompts import RenderedPrompt, render_set
 from lab.errors import LabError
+from lab.models.pair import ModelPair
+from lab.runtime import device_of
+
+if TYPE_CHECKING:  # for annotations only: importing transformer_lens takes seconds
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = [
     "CalibrationConfig",
@@ -71,7 +76,11 @@ class ScoredRecord:
 
 @torch.no_grad()
 def sequence_logprobs(
-    model: Any, prompts: Sequence[Ids], conts: Sequence[Ids], *, batch_tokens: int = 8192
+    model: TransformerBridge,
+    prompts: Sequence[Ids],
+    conts: Sequence[Ids],
+    *,
+    batch_tokens: int = 8192,
 ) -> SeqLogProbs:
     """log P(cont | prompt) for each pair, by teacher forcing in batched forwards (float64, CPU).
 
@@ -86,7 +95,7 @@ def sequence_logprobs(
             reads.append([])
         reads[k] += [(len(p) - 1 + j, t, i) for j, t in enumerate(c)]
     seqs = sorted(keys, key=len)
-    device = next(model.parameters()).device
+    device = device_of(model)
     pad = model.tokenizer.pad_token_id
     pad = 0 if pad is None else pad
     out = torch.zeros(len(prompts), dtype=torch.float64)
@@ -142,7 +151,7 @@ def expected_calibration_error(confidence: Confidences, correct: Hits, n_bins: i
     return (gap.abs().sum() / n.sum()).item()
 
 
-def _tokenize(pair: Any, specs: Iterable[str], cfg: CalibrationConfig) -> list[ScoredRecord]:
+def _tokenize(pair: ModelPair, specs: Iterable[str], cfg: CalibrationConfig) -> list[ScoredRecord]:
     """The calibration records of every set, rendered and tokenized."""
     scored: list[ScoredRecord] = []
     for spec in specs:
@@ -163,7 +172,7 @@ def _tokenize(pair: Any, specs: Iterable[str], cfg: CalibrationConfig) -> list[S
 
 
 def calibrate(
-    pair: Any, sets: Iterable[str] = ("calibration",), cfg: CalibrationConfig | None = None
+    pair: ModelPair, sets: Iterable[str] = ("calibration",), cfg: CalibrationConfig | None = None
 ) -> pd.DataFrame:
     """Score both models of ``pair`` on prompt sets (``NAME`` or ``NAME:MODE``,
     ``lab.datasets.prompts``).
