@@ -1,5 +1,4 @@
-"""Prompt sets: reading and checking JSONL, rendering with and without a chat template, and the
-shipped sets being exactly what ``lab.datasets.suites`` writes."""
+"""Prompt sets: reading and checking JSONL, rendering with and without a chat template."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import json
 
 import pytest
 
-from lab.datasets.outcomes import spellings
 from lab.datasets.prompts import (
     PLAIN_CHAT,
     PromptRecord,
@@ -16,9 +14,7 @@ from lab.datasets.prompts import (
     render,
     write_prompts,
 )
-from lab.datasets.suites import SUITES, write_suites
 from lab.errors import LabError
-from lab.models.checkpoints import data_dir
 from lab.testing import make_tokenizer
 
 TEMPLATE = (
@@ -110,33 +106,3 @@ def test_no_chat_template_when_a_set_asks_for_one():
     msg = str(e.value)
     assert "'calibration_chat' asks for a chat template" in msg and "chat-coin-00" in msg
     assert "calibration_chat:plain" in msg
-
-
-def test_shipped_sets_are_what_the_generator_writes(tmp_path):
-    for path in write_suites(tmp_path):
-        shipped = data_dir() / "prompts" / path.name
-        assert shipped.read_text() == path.read_text(), (
-            f"regenerate: python -m lab.datasets.suites ({path})"
-        )
-
-
-@pytest.mark.parametrize("name", [n for n in SUITES if n.startswith("calibration")])
-def test_calibration_sets_are_prefix_free_and_modest(name):
-    records = read_prompts(name)
-    assert 30 <= len(records) <= 300
-    kinds = {r.kind for r in records}
-    assert {"coin", "die", "digit", "suit", "choice", "range", "control"} <= kinds
-    assert all(r.chat == name.endswith("chat") for r in records)
-    for r in records:
-        forms = {o: set(spellings(o)) for o in r.outcomes}
-        for o, fs in forms.items():
-            others = set().union(*(f for p, f in forms.items() if p != o))
-            assert not any(b.startswith(a) for a in fs for b in others), (r.id, o)
-        assert (r.answer is not None) == (r.kind == "control")
-
-
-def test_steering_sets():
-    for name in ("steering", "steering_chat"):
-        records = read_prompts(name)
-        assert {r.kind for r in records} == {"story", "neutral", "negative"}
-        assert all(not r.outcomes and r.chat == name.endswith("chat") for r in records)

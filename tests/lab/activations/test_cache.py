@@ -146,7 +146,7 @@ cache_pair(load_pair(base, tuned, device="cpu"), ds, "resid_post", out=out, batc
 
 def test_kill_9_then_resume_equals_uninterrupted_run(pairs, pair_dirs, tmp_path):
     out = tmp_path / "s"
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     cmd = [sys.executable, "-c", textwrap.dedent(KILLED), *map(str, pair_dirs("gpt2")), str(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -147,7 +147,7 @@ def test_ctrl_c_exits_130_saying_what_was_kept_then_resume_finishes(pair_dirs, t
     out = tmp_path / "s"
     argv = ["cache", base, tuned, "--data", str(data), "--hooks", "resid_post", "--device", "cpu",
             "--batch-size", "2"]  # fmt: skip
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     cmd = [sys.executable, "-c", SLOW_CLI, "--threads", "1", *argv, "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
