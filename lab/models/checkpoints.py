@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as hf_logging
 
 from lab.errors import LabError
@@ -203,7 +209,9 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_model(cls: Any, ckpt: Checkpoint, *, trust_remote_code: bool = False, **kw: Any) -> Any:
+def load_model(
+    cls: Any, ckpt: Checkpoint, *, trust_remote_code: bool = False, **kw: Any
+) -> PreTrainedModel:
     """``cls.from_pretrained`` of a resolved checkpoint under the policy: safetensors unless the
     checkpoint was resolved with pickle allowed, custom code only when asked, one-line errors."""
     if trust_remote_code:
