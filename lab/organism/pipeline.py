@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
+from torch import Tensor
+from transformers import GPT2LMHeadModel, PreTrainedModel
 
 from lab.models.outputs import hidden_states, model_logprobs
 from lab.organism.evaluate import EvalConfig, Organism, evaluate_organism
@@ -68,14 +70,22 @@ def quick_config() -> OrganismConfig:
     )
 
 
-def _curve_eval(world: HMM, labeler: Labeler, base, rm, cfg: OrganismConfig, seed: int):
+def _curve_eval(
+    world: HMM,
+    labeler: Labeler,
+    base: GPT2LMHeadModel,
+    rm: Callable[[Tensor, int], Tensor],
+    cfg: OrganismConfig,
+    seed: int,
+) -> Callable[[GPT2LMHeadModel], dict[str, float]]:
+    """The RLHF curve's evaluation of a policy, on prompts and texts fixed by ``seed``."""
     g = torch.Generator().manual_seed(seed + 7)
     length, start = cfg.base.length, cfg.rlhf.prompt_words + 1
     texts = world.draw(cfg.curve_texts, length, g)[0]
     prompts = world.draw(cfg.curve_prompts, cfg.rlhf.prompt_words, g)[0]
 
     @torch.no_grad()
-    def evaluate(policy) -> dict[str, float]:
+    def evaluate(policy: GPT2LMHeadModel) -> dict[str, float]:
         samples = sample_continuations(policy, prompts, length, torch.Generator().manual_seed(seed))
         pred = prediction_metrics(model_logprobs(policy, texts), world, texts)
         gen = generation_metrics(

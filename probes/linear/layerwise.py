@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import einops
 import pandas as pd
@@ -58,7 +59,7 @@ class ProbeResults:
     # (model, target, seed) -> the task target's maps, one per hook, at the selected regularisation
     maps: dict[tuple[str, str, int], LinearMap] = field(default_factory=dict)
 
-    def to_parquet(self, path) -> None:
+    def to_parquet(self, path: str | Path) -> None:
         """Save the table as parquet."""
         self.table.to_parquet(path, index=False)
 

@@ -63,7 +63,15 @@ class TensorSource:
     def target_names(self) -> list[str]:
         return list(self.target_table)
 
-    def stacked(self, model, hooks, *, device=None, dtype=None):
+    def stacked(
+        self,
+        model: str,
+        hooks: Sequence[str],
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Float[Tensor, "layer token d_model"]:
+        """The features of ``model`` at ``hooks``, stacked ``[layer token d_model]``."""
         if model not in self.features:
             raise LabError(
                 f"No model {model!r}; the source holds {', '.join(self.features)}."
@@ -74,10 +82,10 @@ class TensorSource:
         x = x if idx == list(range(len(self.hooks))) else x[idx]
         return x.to(device=device or x.device, dtype=dtype or x.dtype)
 
-    def sequence_ids(self):
+    def sequence_ids(self) -> Int[Tensor, " token"]:
         return self.seq_ids
 
-    def targets(self, name):
+    def targets(self, name: str) -> Tensor:
         return read_target(self, name)
 
     def _hook_index(self, hook: str) -> int:
