@@ -20,15 +20,12 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from lab.errors import LabError
+from lab.runtime import device_of
 from lab.types import Tokens
-from probes.patching._engine.capture import check_eval
+from probes.patching.checks import check_eval
 from probes.patching.sites import Site, patching_hooks
 
 __all__ = ["emittable", "per_token_kl", "sample"]
-
-
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
 
 
 def emittable(
@@ -86,13 +83,12 @@ def sample(
     special token of the tokenizer (a world's BOS never appears mid-sequence).
     """
     check_eval(model, *([source] if source is not None else []))
-    tokens = prompts.to(_device(model))
+    tokens = prompts.to(device_of(model))
     hooks = sorted({s.hook for s in sites})
     mask: Tensor | None = None
     for _ in range(n_new):
         if source is not None and sites:
             _, cache = source.run_with_cache(tokens, names_filter=lambda n: n in hooks)
-
             logits = model.run_with_hooks(tokens, fwd_hooks=patching_hooks(sites, cache))
         else:
             logits = model(tokens)
@@ -108,6 +104,6 @@ def sample(
 @torch.inference_mode()
 def per_token_kl(tuned: Any, base: Any, tokens: Tokens) -> Float[Tensor, "batch pos"]:
     """KL(tuned || base) of the next-token distributions at every position, in nats."""
-    lt = tuned(tokens.to(_device(tuned))).float().log_softmax(-1)
-    lb = base(tokens.to(_device(base))).float().log_softmax(-1).to(lt.device)
+    lt = tuned(tokens.to(device_of(tuned))).float().log_softmax(-1)
+    lb = base(tokens.to(device_of(base))).float().log_softmax(-1).to(lt.device)
     return (lt.exp() * (lt - lb)).sum(-1).cpu()

@@ -18,10 +18,11 @@ import pandas as pd
 import torch
 
 from lab.types import Tokens
-from probes.patching._engine.capture import check_eval
-from probes.patching.metrics import Metric, hook_layer, read_logits, resolve_positions
-from probes.patching.patch import COLUMNS, check_prompts
+from probes.patching.checks import check_eval, check_prompts, hook_layer
+from probes.patching.metrics import Metric, read_logits
+from probes.patching.positions import resolve_positions
 from probes.patching.sites import SITE_KINDS, enumerate_sites
+from probes.patching.table import COLUMNS
 
 __all__ = ["attribute", "rank_correlation"]
 

@@ -16,7 +16,6 @@ refuses metrics whose names clash.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,8 +24,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lab.activations.hooks import hook_point
-from lab.errors import LabError, close_matches
+from lab.errors import LabError
+from lab.models.outputs import kl
+from lab.runtime import device_of
+from lab.types import Tokens
+from probes.patching.positions import check_mask, mask_kwargs, read_positions, resolve_positions
 
 __all__ = [
     "FnMetric",
@@ -37,9 +39,7 @@ __all__ = [
     "Metric",
     "TokenSetProb",
     "check_names",
-    "hook_layer",
     "read_logits",
-    "resolve_positions",
 ]
 
 ReadLogits = Float[Tensor, "batch read vocab"]
@@ -142,18 +142,45 @@ class KLMetric(Metric):
     """KL between the patched distribution and a reference's, in nats, mean over reads.
 
     ``reference`` holds the reference's log-probabilities at the positions read: another model's
-    (base or tuned), or the world's exact next-token distribution for the organism.
-    ``patched_first``: KL(patched || reference), else KL(reference || patched).
+    (base or tuned; ``KLMetric.to_model`` computes them), or the world's exact next-token
+    distribution for the organism. ``patched_first``: KL(patched || reference), else
+    KL(reference || patched).
     """
 
     reference: Float[Tensor, "batch read vocab"] = field(default_factory=lambda: torch.zeros(0))
     patched_first: bool = True  # the direction of the divergence
 
+    @classmethod
+    def to_model(
+        cls,
+        model: Any,
+        tokens: Tokens,
+        *,
+        positions: Sequence[int] = (-1,),
+        mask: Tensor | None = None,
+        patched_first: bool = True,
+        label: str = "",
+    ) -> KLMetric:
+        """KL to ``model``'s own next-token distributions on ``tokens`` (e.g. the base's, for
+        KL(patched || base)), read at ``positions``; one forward of ``model`` here.
+
+        ``mask``: the prompts' attention mask when they are padded (as given to ``patch``);
+        positions then count within each prompt's real tokens."""
+        metric = cls(positions=tuple(positions), patched_first=patched_first, label=label)
+        mask = check_mask(mask, tokens)
+        device = device_of(model)
+        with torch.inference_mode():
+            logits = model(tokens.to(device), **mask_kwargs(mask, device))
+            at = read_positions(metric, tokens.shape[1], mask).to(device)
+            rows = torch.arange(logits.shape[0], device=device)[:, None]
+            reference = logits[rows, at.expand(logits.shape[0], -1)].log_softmax(-1).float()
+        return replace(metric, reference=reference)
+
     def __call__(self, logits: ReadLogits) -> Float[Tensor, " batch"]:
         lp = logits.log_softmax(-1)
         ref = self.reference.to(lp.device, lp.dtype)
         p, q = (lp, ref) if self.patched_first else (ref, lp)
-        return (p.exp() * (p - q)).sum(-1).mean(-1)
+        return kl(p, q).mean(-1)
 
     def describe(self) -> str:
         ref = f"ref{_digest(self.reference)}"
@@ -214,32 +241,6 @@ class HookMetric(Metric):
 
     def tile(self, copies: int) -> Metric | None:
         return self if self.fn is None else None
-
-
-def hook_layer(model: Any, hook: str) -> int:
-    """The block whose hook ``hook`` is, checked to exist in ``model`` and to hold positions."""
-    if hook_point(model, hook) is None:
-        raise LabError(
-            f"No hook {hook!r} in this model.{close_matches(hook, model.hook_dict)} A hook "
-            "metric reads a block's hook, e.g. blocks.0.hook_resid_post or blocks.0.attn.hook_z."
-        )
-    found = re.match(r"blocks\.(\d+)\.", hook)
-    if found is None or hook.endswith(("hook_pattern", "hook_attn_scores")):
-        raise LabError(
-            f"Hook {hook!r} cannot be read by a hook metric: it reads a block's activation with "
-            "batch and position first (not attention patterns or scores, nor anything outside "
-            "the blocks; for the model's output use a logits metric)."
-        )
-    return int(found.group(1))
-
-
-def resolve_positions(metric: Metric, n_pos: int) -> Tensor:
-    """The absolute positions ``metric`` reads, checked against the sequence length."""
-    pos = [p + n_pos if p < 0 else p for p in metric.positions]
-    bad = [p for p, q in zip(metric.positions, pos, strict=True) if not 0 <= q < n_pos]
-    if bad:
-        raise LabError(f"Metric {metric.name} reads positions {bad}; the prompts have {n_pos}.")
-    return torch.tensor(pos, dtype=torch.long)
 
 
 def read_logits(logits: Float[Tensor, "batch pos vocab"], metric: Metric) -> ReadLogits:

@@ -29,26 +29,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lab.errors import LabError
+from lab.runtime import device_of
 from lab.types import Tokens
-from probes.patching._engine.capture import capture, check_eval, resid_pre
+from probes.patching._engine.capture import capture, resid_pre
 from probes.patching._engine.cone import cone_positions, run_cone
-from probes.patching.metrics import Metric, check_names, hook_layer
-from probes.patching.padding import check_mask, read_positions
-from probes.patching.sites import Site, enumerate_sites, patching_hooks, site_kind
-from probes.patching.table import COLUMNS, result_table, sites_of, to_grid
+from probes.patching.bound import BoundMetric, read_values
+from probes.patching.checks import as_sites, check_eval, check_prompts, hook_layer
+from probes.patching.metrics import Metric, check_names
+from probes.patching.positions import check_mask, mask_kwargs
+from probes.patching.sites import Site, patching_hooks
+from probes.patching.table import result_table
 
-__all__ = [
-    "COLUMNS",
-    "PatchConfig",
-    "check_prompts",
-    "cross_model",
-    "denoise",
-    "noise",
-    "patch",
-    "patch_jointly",
-    "sites_of",
-    "to_grid",
-]
+__all__ = ["PatchConfig", "cross_model", "denoise", "noise", "patch", "patch_jointly"]
 
 
 @dataclass(frozen=True)
@@ -58,89 +50,6 @@ class PatchConfig:
     rows_per_forward: int = 1024  # cone rows (prompt positions summed over sites) per forward
     skip_unchanged: bool = True  # a patch that writes the target's own values is not run
     progress: bool = True  # a tqdm bar over the cone runs
-
-
-def check_prompts(target: Tokens, source: Tokens) -> None:
-    """Refuse prompt pairs that do not line up token for token."""
-    if target.ndim != 2 or source.ndim != 2:
-        raise LabError(
-            f"Tokens must be batch x pos; got {tuple(target.shape)} and {tuple(source.shape)}."
-        )
-    if target.shape != source.shape:
-        raise LabError(
-            f"The two prompt sets have different shapes: {tuple(source.shape)} (source) and "
-            f"{tuple(target.shape)} (target), batch x tokens. Patching swaps activations position "
-            "by position, so each pair must have the same number of tokens: reword one prompt "
-            "until the token counts match (check with pair.to_tokens), or left-pad the shorter one "
-            "with a neutral filler token so that the positions you compare line up."
-        )
-
-
-def _as_sites(sites: str | Iterable[Site], model: Any, n_pos: int, by_position: bool) -> list:
-    if isinstance(sites, str):
-        return list(enumerate_sites(sites, model, n_pos, by_position=by_position))
-    sites = list(sites)
-    n_layers = int(model.cfg.n_layers)
-    heads = {name: site_kind(name, model).n_heads(model) for name in {s.kind for s in sites}}
-    for s in sites:
-        if not 0 <= s.layer < n_layers:
-            raise LabError(f"{s} is past the model's {n_layers} layers.")
-        if s.position is not None and not 0 <= s.position < n_pos:
-            raise LabError(f"{s} is past the prompts' {n_pos} positions.")
-        if s.head is not None and not 0 <= s.head < max(heads[s.kind], 1):
-            raise LabError(f"{s}: site {s.kind!r} has {heads[s.kind]} heads here.")
-    return sites
-
-
-class BoundMetric:
-    """A metric with the positions it reads in each prompt and, once the positions read by all
-    metrics are known (``index``), where they are among them (``idx``)."""
-
-    def __init__(self, metric: Metric, n_pos: int, mask: torch.Tensor | None = None):
-        self.metric, self.name = metric, metric.name
-        self.reads = getattr(metric, "reads", "logits")  # "logits" or the hook it reads
-        self.at = read_positions(metric, n_pos, mask)  # (batch | 1) read: array positions
-        self.positions = sorted(set(self.at.flatten().tolist()))  # every one of them
-        self.idx: torch.Tensor | list[int] = []  # per prompt (batch read), or one list for all
-        self._tiled: dict[int, Metric | None] = {}
-
-    def index(self, read: list[int]) -> None:
-        """Locate this metric's positions among ``read`` (the positions read, ascending)."""
-        idx = torch.searchsorted(torch.tensor(read), self.at)
-        self.idx = idx[0].tolist() if (idx == idx[:1]).all() else idx
-
-    def take(self, x: torch.Tensor) -> torch.Tensor:
-        """This metric's rows of ``x`` (``prompts read ...``, copies of the batch stacked)."""
-        if isinstance(self.idx, list):
-            return x[:, self.idx]
-        idx = self.idx.to(x.device).repeat(x.shape[0] // self.idx.shape[0], 1)
-        return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
-
-    def _values(self, metric, logits: torch.Tensor) -> torch.Tensor:
-        values = metric(self.take(logits))
-        if not isinstance(values, torch.Tensor) or values.shape != (logits.shape[0],):
-            got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
-            raise LabError(
-                f"Metric {self.name} returned shape {got}; a patching metric returns one value "
-                f"per prompt, shape ({logits.shape[0]},)."
-            )
-        return values
-
-    def __call__(self, logits: torch.Tensor) -> float:
-        """The batch mean on read logits (``batch read vocab``), shape checked."""
-        return float(self._values(self.metric, logits).float().mean())
-
-    def many(self, logits: torch.Tensor) -> list[float]:
-        """Batch means of stacked patched runs (``site batch read vocab``): one call if the
-        metric tiles, else one per site."""
-        copies, batch = logits.shape[:2]
-        if copies not in self._tiled:
-            self._tiled[copies] = self.metric.tile(copies)
-        tiled = self._tiled[copies]
-        if tiled is None:
-            return [self(site) for site in logits]
-        values = self._values(tiled, logits.reshape(copies * batch, *logits.shape[2:]))
-        return values.float().view(copies, batch).mean(1).tolist()
 
 
 def _unchanged(
@@ -216,7 +125,7 @@ def patch(
     n_layers = int(target_model.cfg.n_layers)
     layers = {r: n_layers - 1 if r == "logits" else hook_layer(target_model, r) for r in reads}
     last = max(layers.values())  # no block after it can change what is read
-    site_list = _as_sites(sites, target_model, n_pos, by_position)
+    site_list = as_sites(sites, target_model, n_pos, by_position)
 
     reached = [s for s in site_list if s.layer <= last]
     # Logits only, and every site's activation known before the last block: that block runs
@@ -239,9 +148,9 @@ def patch(
         run = capture(target_model, target_tokens, hooks, logits, last, defer, mask)
         with torch.inference_mode():
             src_logits, src_cache = source_model.run_with_cache(
-                source_tokens.to(_device(source_model)),
+                source_tokens.to(device_of(source_model)),
                 names_filter=lambda n: n in hooks,
-                **mask_kwargs(mask, _device(source_model)),
+                **mask_kwargs(mask, device_of(source_model)),
             )
         device = run.tokens.device
         acts = {h: src_cache[h].to(device) for h in hooks}
@@ -249,7 +158,7 @@ def patch(
     baseline = ([None] + ([acts[resid_pre(last)]] if within else [])) if defer else []
 
     def unpatched(logits, run_acts) -> list[float]:
-        return [m(_read_values(logits, run_acts, reads, m.reads)) for m in bound]
+        return [m(read_values(logits, run_acts, reads, m.reads)) for m in bound]
 
     base_target = None if defer else unpatched(run.logits, run.acts)  # deferred: from the cones
     base_source = None if defer and within else unpatched(src_logits, acts)
@@ -290,20 +199,6 @@ def patch(
     return result_table(site_list, [m.name for m in bound], values, base_target, base_source)
 
 
-def _read_values(logits, acts: dict, reads: dict, name: str) -> torch.Tensor:
-    """What a metric reading ``name`` sees of one run: its read logits or hook activations."""
-    return logits if name == "logits" else acts[name][:, reads[name]]
-
-
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
-
-
-def mask_kwargs(mask: Tensor | None, device: Any) -> dict[str, Any]:
-    """The forward's keyword for a padding mask (none without one)."""
-    return {} if mask is None else {"attention_mask": mask.to(device)}
-
-
 def denoise(model: Any, clean: Tokens, corrupted: Tokens, sites, metrics, **kw) -> pd.DataFrame:
     """Clean activations into the corrupted run: which sites restore the clean behaviour."""
     return patch(model, corrupted, model, clean, sites, metrics, **kw)
@@ -342,7 +237,7 @@ def patch_jointly(
     check_eval(target_model, source_model)
     check_prompts(target_tokens, source_tokens)
     mask = check_mask(attention_mask, target_tokens)
-    sites = _as_sites(sites, target_model, target_tokens.shape[1], True)
+    sites = as_sites(sites, target_model, target_tokens.shape[1], True)
     hooks = sorted({s.hook for s in sites})
     bound = BoundMetric(metric, target_tokens.shape[1], mask)
     bound.index(bound.positions)
@@ -355,10 +250,10 @@ def patch_jointly(
         _, cache = source_model.run_with_cache(
             source_tokens,
             names_filter=lambda n: n in hooks,
-            **mask_kwargs(mask, _device(source_model)),
+            **mask_kwargs(mask, device_of(source_model)),
         )
         fwd_hooks = patching_hooks(sites, cache) + readers
         logits = target_model.run_with_hooks(
-            target_tokens, fwd_hooks=fwd_hooks, **mask_kwargs(mask, _device(target_model))
+            target_tokens, fwd_hooks=fwd_hooks, **mask_kwargs(mask, device_of(target_model))
         )
         return bound(seen.get("act", logits)[:, bound.positions])

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from lab.activations.hooks import hook_point
 from lab.errors import LabError, close_matches
+from lab.runtime import device_of
 
 __all__ = [
     "SITE_KINDS",
@@ -134,7 +135,7 @@ def _check_in_place(model: Any, kind: SiteKind) -> None:
 
     hooks = [(kind.hook_name(0), zero)]
     hooks += [(f"blocks.0.hook_{n}", keep(n)) for n in ("mlp_out", "resid_post")]
-    tokens = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
+    tokens = torch.zeros(1, 2, dtype=torch.long, device=device_of(model))
     with torch.inference_mode():
         model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=1)
     if set(seen) != {"mlp_out", "resid_post"} or not torch.allclose(

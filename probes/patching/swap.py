@@ -42,13 +42,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lab.errors import LabError
+from lab.runtime import device_of
 from lab.types import Tokens
-from probes.patching._engine.capture import capture, check_eval
+from probes.patching._engine.capture import capture
 from probes.patching._engine.cone import run_cone
 from probes.patching._engine.swap_block import donor_acts, input_hooks, swapped_outputs
-from probes.patching.metrics import Metric, check_names, hook_layer
-from probes.patching.padding import check_mask
-from probes.patching.patch import BoundMetric, check_prompts, mask_kwargs
+from probes.patching.bound import BoundMetric
+from probes.patching.checks import check_eval, check_prompts, hook_layer
+from probes.patching.metrics import Metric, check_names
+from probes.patching.positions import check_mask, mask_kwargs
 from probes.patching.sites import Site
 from probes.patching.table import COLUMNS, result_table
 from probes.patching.units import UNITS, Component, all_components, parse_components
@@ -161,9 +163,9 @@ def swap_components(
     source_hooks = set(reads) - {"logits"}
     with torch.inference_mode():
         src_logits, cache = donor.run_with_cache(
-            tokens.to(next(donor.parameters()).device),
+            tokens.to(device_of(donor)),
             names_filter=lambda n: n in source_hooks,
-            **mask_kwargs(mask, next(donor.parameters()).device),
+            **mask_kwargs(mask, device_of(donor)),
         )
     src_acts = {h: cache[h].to(device) for h in source_hooks}
     base_source = unpatched(src_logits[:, logits].to(device) if logits else None, src_acts)

@@ -32,18 +32,9 @@ from probes.patching._engine.last_block import (
     worth_splitting,
 )
 from probes.patching._engine.packing import KWARG_RULES, pack_lanes
+from probes.patching.checks import check_eval
 
-__all__ = ["TargetRun", "capture", "check_eval", "resid_pre", "unembed"]
-
-
-def check_eval(*models: Any) -> None:
-    """Refuse models in training mode: dropout would make every patch a different sample."""
-    for model in models:
-        if model.training:
-            raise LabError(
-                "Patching needs models in eval mode (dropout off), but one is in training mode. "
-                "Call model.eval() first; lab.load_pair returns both models in eval mode."
-            )
+__all__ = ["TargetRun", "capture", "resid_pre", "unembed"]
 
 
 # Block arguments with a batch axis first (masks, rotary tables, position ids).

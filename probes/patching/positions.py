@@ -1,4 +1,5 @@
-"""Padded prompt sets: an attention mask, and the positions each prompt's metrics read.
+"""The positions a metric reads: ``resolve_positions`` in prompts of one length, and in padded
+prompt sets (an attention mask) ``read_positions``, each prompt's own.
 
 Prompts of different lengths share one ``batch pos`` array, each padded on one side (left or
 right) and marked by an attention mask (1: a real token, 0: padding). The model runs with the
@@ -10,18 +11,35 @@ different columns of different prompts.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from lab.errors import LabError
-from probes.patching.metrics import Metric, resolve_positions
 
-__all__ = ["check_mask", "read_positions"]
+__all__ = ["Reader", "check_mask", "mask_kwargs", "read_positions", "resolve_positions"]
 
 Mask = Int[Tensor, "batch pos"]
+
+
+class Reader(Protocol):
+    """What reads positions: a metric (``probes.patching.metrics.Metric``)."""
+
+    positions: tuple[int, ...]  # positions read (negative: from the end)
+
+    @property
+    def name(self) -> str: ...
+
+
+def resolve_positions(metric: Reader, n_pos: int) -> Int[Tensor, " read"]:
+    """The absolute positions ``metric`` reads, checked against the sequence length."""
+    pos = [p + n_pos if p < 0 else p for p in metric.positions]
+    bad = [p for p, q in zip(metric.positions, pos, strict=True) if not 0 <= q < n_pos]
+    if bad:
+        raise LabError(f"Metric {metric.name} reads positions {bad}; the prompts have {n_pos}.")
+    return torch.tensor(pos, dtype=torch.long)
 
 
 def check_mask(mask: Any, tokens: Tensor) -> Mask | None:
@@ -54,7 +72,7 @@ def check_mask(mask: Any, tokens: Tensor) -> Mask | None:
     return mask
 
 
-def read_positions(metric: Metric, n_pos: int, mask: Mask | None) -> Int[Tensor, "rows read"]:
+def read_positions(metric: Reader, n_pos: int, mask: Mask | None) -> Int[Tensor, "rows read"]:
     """The array positions ``metric`` reads in each prompt (``batch read``), counted within
     each prompt's real tokens; without a mask, one row that every prompt shares."""
     if mask is None:
@@ -71,3 +89,8 @@ def read_positions(metric: Metric, n_pos: int, mask: Mask | None) -> Int[Tensor,
             f"only {int(real[b])} real tokens; read positions count within each prompt."
         )
     return first[:, None] + at
+
+
+def mask_kwargs(mask: Tensor | None, device: Any) -> dict[str, Any]:
+    """The forward's keyword for a padding mask (none without one)."""
+    return {} if mask is None else {"attention_mask": mask.to(device)}

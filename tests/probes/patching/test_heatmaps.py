@@ -6,7 +6,7 @@ from matplotlib.figure import Figure
 
 from lab import LabError
 from probes.patching.heatmaps import layer_head_heatmap, layer_position_heatmap
-from probes.patching.patch import COLUMNS
+from probes.patching.table import COLUMNS
 
 
 def table(kind, axis, n_layers=2, n=3, metrics=("m",)):

@@ -11,7 +11,8 @@ import probes.patching._engine.cone
 from lab import LabError
 from probes.patching.metrics import LogitDiff, LogProb
 from probes.patching.patch import PatchConfig, cross_model, denoise, patch_jointly
-from probes.patching.sites import SITE_KINDS, Site
+from probes.patching.sites import Site
+from tests.probes.patching.reference import by_hand
 
 ATOL = 1e-5
 QUIET = PatchConfig(rows_per_forward=64, progress=False)
@@ -57,24 +58,6 @@ def one(metric, b):
     return replace(metric, **{f: getattr(metric, f)[b : b + 1] for f in fields})
 
 
-def alone(target, tokens, source, source_tokens, site, metric):
-    """The metric on one unpadded prompt with ``site`` (its own positions) patched, or None."""
-    _, cache = source.run_with_cache(source_tokens[None])
-
-    def hook(act, hook):
-        if not SITE_KINDS[site.kind].in_place:
-            act = act.clone()
-        head = slice(None) if site.head is None else site.head
-        pos = slice(None) if site.position is None else site.position
-        act[:, pos, head] = cache[site.hook][:, pos, head]
-        return act
-
-    hooks = [] if site is None else [(site.hook, hook)]
-    with torch.inference_mode():
-        logits = target.run_with_hooks(tokens[None], fwd_hooks=hooks)
-    return float(metric(logits[:, list(metric.positions)]).mean())
-
-
 def expected(target, targets, source, sources, site, metric, side):
     """The batch mean of each prompt patched alone; a site on a padding column patches none."""
     values = []
@@ -85,7 +68,7 @@ def expected(target, targets, source, sources, site, metric, side):
             if p is None or 0 <= p < LENGTHS[b]:
                 own = replace(site, position=p)
         m = one(metric, b)
-        values.append(alone(target, targets[b], source, sources[b], own, m))
+        values.append(by_hand(target, targets[b][None], source, sources[b][None], own, m))
     return sum(values) / len(values)
 
 

@@ -1,4 +1,4 @@
-"""Exact patching equals transformer_lens.patching and a naive full forward per site."""
+"""Exact patching equals transformer_lens.patching and a full forward per site patched by hand."""
 
 import pytest
 import torch
@@ -9,8 +9,10 @@ import probes.patching._engine.cone
 from lab import LabError
 from lab.testing import corrupted_prompts as prompts
 from probes.patching.metrics import FnMetric, LogitDiff, LogProb
-from probes.patching.patch import PatchConfig, cross_model, denoise, noise, patch, to_grid
+from probes.patching.patch import PatchConfig, cross_model, denoise, noise, patch
 from probes.patching.sites import Site
+from probes.patching.table import to_grid
+from tests.probes.patching.reference import by_hand
 
 ATOL = 1e-5
 QUIET = PatchConfig(rows_per_forward=64, progress=False)
@@ -102,24 +104,8 @@ def test_grouping_does_not_change_results(loaded_pair, rows_per_forward):
     assert (one["value"] - other["value"]).abs().max() < ATOL
 
 
-def naive(target, tokens, source, source_tokens, site, metric):
-    """One full forward with the site's hook replaced: the reference for any patch."""
-    _, cache = source.run_with_cache(source_tokens)
-
-    def hook(act, hook):
-        act = act.clone()
-        head = slice(None) if site.head is None else site.head
-        pos = slice(None) if site.position is None else site.position
-        act[:, pos, head] = cache[site.hook][:, pos, head]
-        return act
-
-    with torch.no_grad():
-        logits = target.run_with_hooks(tokens, fwd_hooks=[(site.hook, hook)])
-    return float(metric(logits[:, list(metric.positions)]).mean())
-
-
 @pytest.mark.parametrize("into", ["tuned", "base"])
-def test_cross_model_equals_naive(loaded_pair, into):
+def test_cross_model_equals_by_hand(loaded_pair, into):
     pair = loaded_pair("llama")
     tokens, _ = prompts(batch=3)
     metric = LogProb(positions=(-1, -3), targets=torch.tensor([3, 9, 27]))
@@ -132,7 +118,7 @@ def test_cross_model_equals_naive(loaded_pair, into):
     table = cross_model(pair, tokens, sites, metric, into=into, config=QUIET)
     other = "base" if into == "tuned" else "tuned"
     for site, value in zip(sites, table["value"], strict=True):
-        ref = naive(pair.models[into], tokens, pair.models[other], tokens, site, metric)
+        ref = by_hand(pair.models[into], tokens, pair.models[other], tokens, site, metric)
         assert value == pytest.approx(ref, abs=ATOL)
 
 
@@ -228,7 +214,8 @@ def test_one_prompt_and_sites_across_layers_in_one_run(loaded_pair):
     sites = [Site("resid_pre", 1, position=3), Site("z", 0, 2, 5), Site("k", 1, 0)]
     table = denoise(model, clean, corrupted, sites, metric, config=QUIET)
     for site, value in zip(sites, table["value"], strict=True):
-        assert value == pytest.approx(naive(model, corrupted, model, clean, site, metric), abs=ATOL)
+        ref = by_hand(model, corrupted, model, clean, site, metric)
+        assert value == pytest.approx(ref, abs=ATOL)
 
 
 def test_refuses_metric_positions_past_the_prompt(loaded_pair):
@@ -261,4 +248,6 @@ def test_one_hook_with_single_heads_and_all_heads_in_one_run(loaded_pair):
     cfg = PatchConfig(progress=False, skip_unchanged=False)
     table = denoise(model, clean, corrupted, sites, metric, config=cfg)
     for site, value in zip(sites, table["value"], strict=True):
-        assert value == pytest.approx(naive(model, corrupted, model, clean, site, metric), abs=ATOL)
+        assert value == pytest.approx(
+            by_hand(model, corrupted, model, clean, site, metric), abs=ATOL
+        )

@@ -6,7 +6,8 @@ import torch
 from lab import load_pair
 from probes.patching.attribution import attribute, rank_correlation
 from probes.patching.metrics import LogitDiff
-from probes.patching.patch import PatchConfig, cross_model, denoise, patch_jointly, sites_of
+from probes.patching.patch import PatchConfig, cross_model, denoise, patch_jointly
+from probes.patching.table import sites_of
 
 QUIET = PatchConfig(progress=False)
 

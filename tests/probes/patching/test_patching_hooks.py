@@ -11,6 +11,7 @@ from probes.patching.attribution import attribute
 from probes.patching.metrics import HookMetric, LogitDiff
 from probes.patching.patch import PatchConfig, denoise, patch_jointly
 from probes.patching.sites import Site
+from tests.probes.patching.reference import by_hand
 
 ATOL = 1e-5
 QUIET = PatchConfig(rows_per_forward=64, progress=False)
@@ -23,26 +24,6 @@ def probe_metric(model, hook="blocks.0.hook_resid_post", positions=(-1, 3)):
 
 def head_metric(hook="blocks.1.attn.hook_z"):
     return HookMetric(positions=(-1,), hook=hook, fn=lambda z: z[:, :, 1].pow(2).sum(-1).mean(-1))
-
-
-def naive(model, tokens, source_tokens, site, metric):
-    """A full forward with the site's hook replaced, reading the metric's hook afterwards."""
-    _, cache = model.run_with_cache(source_tokens)
-    seen = {}
-
-    def patch(act, hook):
-        act = act.clone()
-        head = slice(None) if site.head is None else site.head
-        pos = slice(None) if site.position is None else site.position
-        act[:, pos, head] = cache[site.hook][:, pos, head]
-        return act
-
-    def read(act, hook):
-        seen["act"] = act
-
-    with torch.no_grad():
-        model.run_with_hooks(tokens, fwd_hooks=[(site.hook, patch), (metric.hook, read)])
-    return float(metric(seen["act"][:, list(metric.positions)]).mean())
 
 
 SITES = [
@@ -70,7 +51,8 @@ def test_hook_metric_equals_a_full_forward_with_the_patch(loaded_pair, arch, whi
     }[which]
     table = denoise(model, clean, corrupted, SITES, metric, config=QUIET)
     for site, value in zip(SITES, table["value"], strict=True):
-        assert value == pytest.approx(naive(model, corrupted, clean, site, metric), abs=ATOL)
+        ref = by_hand(model, corrupted, model, clean, site, metric)
+        assert value == pytest.approx(ref, abs=ATOL)
     joint = patch_jointly(model, corrupted, model, clean, SITES[:2], metric)
     assert isinstance(joint, float)
 

@@ -14,7 +14,8 @@ from probes.patching.metrics import (
     check_names,
     read_logits,
 )
-from probes.patching.patch import PatchConfig, denoise, to_grid
+from probes.patching.patch import PatchConfig, denoise
+from probes.patching.table import to_grid
 
 torch.manual_seed(0)
 LOGITS = torch.randn(3, 5, 11)
@@ -150,3 +151,33 @@ def test_to_grid_asks_which_metric_and_refuses_mixed_sweeps():
     )
     with pytest.raises(LabError, match="head column is set on some rows"):
         to_grid(mixed)
+
+
+def test_kl_to_model_computes_the_reference_itself(pair_dirs):
+    pair = load_pair(*pair_dirs("llama"), device="cpu")
+    tokens = torch.randint(1, 50, (3, 6), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        base_lp = pair.base(tokens).log_softmax(-1).float()
+        tuned = pair.tuned(tokens)
+    by_hand = KLMetric(positions=(1, -1), reference=base_lp[:, [1, -1]])
+    metric = KLMetric.to_model(pair.base, tokens, positions=(1, -1))
+    assert torch.equal(metric.reference, by_hand.reference)
+    assert torch.equal(metric(tuned[:, [1, -1]]), by_hand(tuned[:, [1, -1]]))
+    assert metric(pair.base(tokens)[:, [1, -1]]).abs().max() < 1e-6  # KL to itself
+    reverse = KLMetric.to_model(pair.base, tokens, positions=(1, -1), patched_first=False)
+    assert not torch.allclose(reverse(tuned[:, [1, -1]]), metric(tuned[:, [1, -1]]))
+    # padded: positions count within each prompt's real tokens (-1: its last real one)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    padded = KLMetric.to_model(pair.base, tokens, positions=(0, -1), mask=mask)
+    with torch.inference_mode():
+        lp = pair.base(tokens, attention_mask=mask).log_softmax(-1).float()
+    assert torch.equal(padded.reference[1], lp[1, [2, 5]])
+    assert torch.equal(padded.reference[2], lp[2, [0, 3]])
+
+
+def test_kl_counts_zero_probability_as_zero():
+    reference = torch.tensor([[[0.0, -torch.inf]]])  # all mass on token 0
+    metric = KLMetric(positions=(-1,), reference=reference, patched_first=False)
+    assert metric(torch.tensor([[[0.0, 0.0]]])).item() == pytest.approx(
+        float(torch.log(torch.tensor(2.0)))
+    )
