@@ -15,8 +15,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lab.errors import LabError, close_matches
+from lab.types import Stacked
 
 __all__ = ["ActivationSource", "TensorSource", "read_target"]
+
+_Device = str | torch.device | None  # where the stacked features go (None: where they are)
+_DType = torch.dtype | None  # their dtype (None: as stored)
 
 
 @runtime_checkable
@@ -33,13 +37,8 @@ class ActivationSource(Protocol):
     def target_names(self) -> Sequence[str]: ...  # per-token targets the store holds
 
     def stacked(
-        self,
-        model: str,
-        hooks: Sequence[str],
-        *,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> Float[Tensor, "layer token d_model"]: ...
+        self, model: str, hooks: Sequence[str], *, device: _Device = None, dtype: _DType = None
+    ) -> Stacked: ...
 
     def sequence_ids(self) -> Int[Tensor, " token"]: ...
 
@@ -64,13 +63,8 @@ class TensorSource:
         return list(self.target_table)
 
     def stacked(
-        self,
-        model: str,
-        hooks: Sequence[str],
-        *,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> Float[Tensor, "layer token d_model"]:
+        self, model: str, hooks: Sequence[str], *, device: _Device = None, dtype: _DType = None
+    ) -> Stacked:
         """The features of ``model`` at ``hooks``, stacked ``[layer token d_model]``."""
         if model not in self.features:
             raise LabError(
