@@ -45,7 +45,8 @@ def intact(folder: str | Path, recipe: dict[str, Any] | None = None) -> bool:
     checksums all match."""
     card = read_card(folder)
     files = card.get("sha256")
-    if not files or (recipe is not None and card.get("recipe") != recipe):
+    as_read = json.loads(json.dumps(recipe))  # what the card holds (tuples read as lists)
+    if not files or (recipe is not None and card.get("recipe") != as_read):
         return False
     return all(
         (Path(folder) / f).is_file() and sha256(Path(folder) / f) == h for f, h in files.items()
