@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool
 from torch import Tensor
 
 from lab.errors import LabError
@@ -25,7 +25,7 @@ from lab.types import Tokens
 from probes.patching.checks import check_eval
 from probes.patching.sites import Site, patching_hooks
 
-__all__ = ["emittable", "per_token_kl", "sample"]
+__all__ = ["emittable", "sample"]
 
 
 def emittable(
@@ -99,11 +99,3 @@ def sample(
         nxt = torch.multinomial(probs, 1, generator=generator).to(tokens.device)
         tokens = torch.cat([tokens, nxt], dim=1)
     return tokens.cpu()
-
-
-@torch.inference_mode()
-def per_token_kl(tuned: Any, base: Any, tokens: Tokens) -> Float[Tensor, "batch pos"]:
-    """KL(tuned || base) of the next-token distributions at every position, in nats."""
-    lt = tuned(tokens.to(device_of(tuned))).float().log_softmax(-1)
-    lb = base(tokens.to(device_of(base))).float().log_softmax(-1).to(lt.device)
-    return (lt.exp() * (lt - lb)).sum(-1).cpu()

@@ -36,17 +36,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lab.errors import LabError
+from lab.runtime import device_of
 from lab.types import Tokens
 from probes.patching.metrics import KLMetric, Metric, read_logits
 from probes.patching.patch import PatchConfig, cross_model, patch
-from probes.patching.sites import UNIT_SITES, Site, enumerate_sites
+from probes.patching.sites import Site, enumerate_sites
 from probes.patching.units import SITE_UNITS
 
 __all__ = [
     "ClassifyConfig",
     "classify",
+    "classify_scores",
     "component_name",
-    "component_site",
     "component_sites",
     "departure",
     "score_components",
@@ -73,19 +74,16 @@ def component_sites(model: Any, n_pos: int) -> list[Site]:
     return sorted([*heads, *mlps], key=lambda s: (s.layer, s.kind != "z", s.head or 0))
 
 
-def component_site(kind: str, layer: int, head: Any) -> Site:
-    """The patching site of a classified component (a row's ``kind``, ``layer``, ``head``)."""
-    return Site(UNIT_SITES[kind], int(layer), None if kind == "mlp" else int(head))
-
-
 def component_name(site: Site) -> str:
-    """``L1H3`` for a head, ``L1 MLP`` for an MLP."""
+    """``L1H3`` for a head, ``L1 MLP`` for an MLP: the organism's spelling
+    (``lab.organism.components``), which planted sets and the weight methods use;
+    ``probes.patching.units.component_name`` writes a swap table's ``L1.mlp``."""
     return f"L{site.layer}H{site.head}" if site.kind == "z" else f"L{site.layer} MLP"
 
 
 def _logprobs(model: Any, tokens: Tokens) -> Float[Tensor, "batch pos vocab"]:
     with torch.inference_mode():
-        return model(tokens.to(next(model.parameters()).device)).log_softmax(-1).float()
+        return model(tokens.to(device_of(model))).log_softmax(-1).float()
 
 
 def _chunk_rows(model_name: str, score: str, metric: str, table: pd.DataFrame, chunk: int):
@@ -186,7 +184,21 @@ def _interval(boots: np.ndarray, ci: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def classify(raw: pd.DataFrame, config: ClassifyConfig | None = None) -> pd.DataFrame:
+def classify(
+    pair: Any,
+    tokens: Tokens,
+    *,
+    reference: Float[Tensor, "batch pos vocab"] | None = None,
+    steering: dict[str, Metric] | None = None,
+    config: ClassifyConfig | None = None,
+) -> pd.DataFrame:
+    """Every head and MLP of ``pair`` scored and labelled in one call: ``score_components`` on
+    ``tokens`` (``reference``, ``steering``: as there), then ``classify_scores``."""
+    raw = score_components(pair, tokens, reference=reference, steering=steering, config=config)
+    return classify_scores(raw, config)
+
+
+def classify_scores(raw: pd.DataFrame, config: ClassifyConfig | None = None) -> pd.DataFrame:
     """Scores with confidence intervals and labels, one row per (component, model, score,
     metric), from ``score_components``'s per-chunk table. A pure function of that table.
 
@@ -219,23 +231,29 @@ def departure(
     ci: float = 0.9,
     n_boot: int = 1000,
     seed: int = 0,
+    logits: dict[str, Tensor] | None = None,
 ) -> pd.DataFrame:
     """Each metric's departure, as the gap (source - target) a cross-model patching share of it
     divides by, with a prompt-bootstrap interval; one row per (metric, into).
 
     Columns ``metric`` (the name given), ``into``, ``gap``, ``gap_lo``, ``gap_hi``,
     ``within_noise``: merge it into ``cross_model``'s table on ``metric`` and ``into``.
+    ``logits``: each model's logits on ``tokens`` (``{"base": ..., "tuned": ...}``, ``batch pos
+    vocab``) when the caller has them; else both models run here.
     """
     values = {}
     for role, model in pair.models.items():
         with torch.inference_mode():
-            logits = model(tokens.to(next(model.parameters()).device)).float()
+            if logits is not None and role in logits:
+                out = logits[role].float()
+            else:
+                out = model(tokens.to(device_of(model))).float()
             for name, metric in metrics.items():
                 if getattr(metric, "reads", "logits") != "logits":
                     raise LabError(
                         f"Metric {name!r} reads {metric.reads}; a departure needs logit metrics."
                     )
-                values[role, name] = metric(read_logits(logits, metric)).detach().double()
+                values[role, name] = metric(read_logits(out, metric)).detach().double()
     values = {k: v.cpu().numpy() for k, v in values.items()}
     rng = np.random.default_rng(seed)
     resamples = rng.integers(0, len(tokens), (n_boot, len(tokens)))

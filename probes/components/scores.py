@@ -38,8 +38,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lab.errors import LabError
+from lab.models.outputs import kl_per_token
 from probes.components.classify import component_name, component_sites
 from probes.components.gpt2_weights import component_names, swap_components, weight_change
+from probes.patching import swap
 from probes.patching.attribution import attribute
 from probes.patching.metrics import KLMetric, TokenSetProb
 from probes.patching.patch import PatchConfig, cross_model
@@ -78,7 +80,7 @@ def _logprobs(model: Any, tokens: Tensor) -> Float[Tensor, "batch pos vocab"]:
 def departure_values(model: Any, base_lp: Tensor, tokens: Tensor, attractor: Sequence[int]):
     """(KL(model || base), attractor probability) of an HF model, means over every position."""
     lp = _logprobs(model, tokens)
-    kl = float((lp.exp() * (lp - base_lp)).sum(-1).mean())
+    kl = kl_per_token(lp, base_lp)
     prob = float(lp.exp()[..., list(attractor)].sum(-1).mean())
     return {"kl": kl, "attractor": prob}
 
@@ -113,13 +115,11 @@ class _Reference:
 def swap_scores(x: PairInputs, ref: _Reference | None = None) -> dict:
     """Share removed when each component alone takes the base's weights
     (``probes.patching.swap``)."""
-    from probes.patching.swap import SwapConfig
-    from probes.patching.swap import swap_components as swap_sweep
-
     ref = ref or _Reference(x)
     metrics = list(_patching_metrics(x, ref).values())
     tokens = x.tokens.to(x.hooked.device)
-    table = swap_sweep(x.hooked, tokens, metrics, into="tuned", config=SwapConfig(progress=False))
+    quiet = swap.SwapConfig(progress=False)
+    table = swap.swap_components(x.hooked, tokens, metrics, into="tuned", config=quiet)
     return _by_component(table)
 
 

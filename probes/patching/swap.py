@@ -52,19 +52,10 @@ from probes.patching.checks import check_eval, check_prompts, hook_layer
 from probes.patching.metrics import Metric, check_names
 from probes.patching.positions import check_mask, mask_kwargs
 from probes.patching.sites import Site
-from probes.patching.table import COLUMNS, result_table
-from probes.patching.units import UNITS, Component, all_components, parse_components
+from probes.patching.table import result_table
+from probes.patching.units import Component, all_components, parse_components
 
-__all__ = [
-    "COLUMNS",
-    "UNITS",
-    "Component",
-    "SwapConfig",
-    "all_components",
-    "check_swappable",
-    "parse_components",
-    "swap_components",
-]
+__all__ = ["SwapConfig", "check_swappable", "swap_components"]
 
 
 @dataclass(frozen=True)

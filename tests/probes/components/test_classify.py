@@ -12,9 +12,15 @@ from transformers import AutoModelForCausalLM
 
 from lab import LabError, load_pair
 from lab.testing import make_checkpoint
-from probes.components import classify as classify_module
 from probes.components import migration
-from probes.components.classify import ClassifyConfig, classify, component_sites, score_components
+from probes.components.classify import (
+    ClassifyConfig,
+    classify,
+    classify_scores,
+    component_sites,
+    departure,
+    score_components,
+)
 from probes.components.migration import layer_summary, migration_map, migration_table, top_steering
 from probes.patching.metrics import KLMetric
 from probes.patching.patch import cross_model
@@ -39,7 +45,7 @@ def one_mlp_pair(tmp_path_factory):
     tokens = torch.randint(4, 320, (32, 10), generator=torch.Generator().manual_seed(2))
     tokens[:, 0] = 0
     cfg = ClassifyConfig(n_chunks=4, n_boot=200, steering_threshold=0.5)
-    return pair, tokens, cfg, classify(score_components(pair, tokens, config=cfg), cfg)
+    return pair, tokens, cfg, classify(pair, tokens, config=cfg)
 
 
 def test_the_changed_mlp_carries_all_the_steering(one_mlp_pair):
@@ -68,7 +74,17 @@ def test_migration_table_and_figures(one_mlp_pair):
     _, _, _, scores = one_mlp_pair
     table = migration_table(scores)
     assert len(table) == 10 and set(table.kind) == {"head", "mlp"}
-    assert migration_map(scores).axes and layer_summary(scores).axes
+    (ax,) = migration_map(scores).axes
+    assert ax.get_xlabel().startswith("prediction score") and "kl_to_base" in ax.get_ylabel()
+    assert len(ax.collections) == 4  # heads and MLPs, each in base and in tuned
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["head in base", "head in tuned", "mlp in base", "mlp in tuned"]
+    summary = layer_summary(scores).axes
+    assert [a.get_title() for a in summary] == [
+        "base: steering share by layer",
+        "tuned: steering share by layer",
+    ]
+    assert [t.get_text() for t in summary[0].get_xticklabels()] == ["L0", "L1"]
     with pytest.raises(LabError, match="No steering scores for metric 'reward'"):
         migration_table(scores, metric="reward")
 
@@ -107,7 +123,7 @@ def test_a_departure_within_noise_flags_its_shares():
         ]
     ).drop_duplicates(["component", "model", "score", "metric", "chunk"])
     cfg = ClassifyConfig(n_boot=300, steering_metric="attractor_prob")
-    scores = classify(raw, cfg)
+    scores = classify_scores(raw, cfg)
     steer = scores[scores.score == "steering"].set_index(["component", "metric"])
     att, kl = steer.loc[("L0 MLP", "attractor_prob")], steer.loc[("L0 MLP", "kl_to_base")]
     assert att.value == pytest.approx(0.017 / 0.003) and att.gap == pytest.approx(0.003)
@@ -129,7 +145,7 @@ def test_departure_intervals_of_a_real_pair(one_mlp_pair):
     with torch.inference_mode():
         reference = pair.base(tokens).log_softmax(-1)
     kl = KLMetric(positions=tuple(range(10)), reference=reference)
-    dep = classify_module.departure(pair, tokens, {"kl_to_base": kl}, n_boot=200).set_index("into")
+    dep = departure(pair, tokens, {"kl_to_base": kl}, n_boot=200).set_index("into")
     table = cross_model(pair, tokens, [Site("mlp_out", 1)], [kl], into="tuned")
     # the gap a cross-model share divides by, with an interval clear of 0 (the MLP changed)
     assert dep.loc["tuned", "gap"] == pytest.approx(float(table.source[0] - table.target[0]))
@@ -139,5 +155,5 @@ def test_departure_intervals_of_a_real_pair(one_mlp_pair):
     steer = scores[(scores.score == "steering") & (scores.metric == "kl_to_base")]
     assert not steer.within_noise.any() and (steer[steer.model == "tuned"].gap_hi < 0).all()
     same = dataclasses.replace(pair, tuned=pair.base)  # no departure at all
-    flat = classify_module.departure(same, tokens, {"kl_to_base": kl}, n_boot=50)
+    flat = departure(same, tokens, {"kl_to_base": kl}, n_boot=50)
     assert flat.within_noise.all() and (flat.gap == 0).all()

@@ -3,13 +3,14 @@ metrics read logits, the capture stops at that block's input and the first cone 
 for the unpatched runs too (lanes of their own). Each result must still equal one full forward
 per site."""
 
+import importlib
+
 import pytest
 import torch
 import transformer_lens.patching as tlp
 
 import probes.patching._engine.capture
 import probes.patching._engine.cone
-import probes.patching.patch
 from lab import load_pair
 from lab.testing import TEST_SPECS, make_pair
 from lab.testing import corrupted_prompts as prompts
@@ -17,6 +18,7 @@ from probes.patching.metrics import LogProb
 from probes.patching.patch import PatchConfig, cross_model, denoise, patch_jointly
 from probes.patching.sites import Site
 
+patch_module = importlib.import_module("probes.patching.patch")  # the package exports patch()
 ATOL = 1e-5
 QUIET = PatchConfig(rows_per_forward=64, progress=False)
 
@@ -25,13 +27,13 @@ QUIET = PatchConfig(rows_per_forward=64, progress=False)
 def deferrals(monkeypatch):
     """The ``defer`` argument of every capture made, so a test can see that the path ran."""
     seen = []
-    real = probes.patching.patch.capture
+    real = patch_module.capture
 
     def spy(*args, **kwargs):
         seen.append(args[5] if len(args) > 5 else kwargs.get("defer", False))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(probes.patching.patch, "capture", spy)
+    monkeypatch.setattr(patch_module, "capture", spy)
     return seen
 
 
