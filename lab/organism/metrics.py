@@ -35,6 +35,7 @@ __all__ = [
     "as_policy",
     "belief_probe_r2",
     "ece",
+    "entropy",
     "generation_metrics",
     "prediction_metrics",
     "scene_reach",
@@ -84,6 +85,11 @@ def without_bos(logprobs: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, "ba
     return out - torch.logsumexp(out, -1, keepdim=True)
 
 
+def entropy(logprobs: Float[Tensor, "*rows vocab"]) -> Float[Tensor, " *rows"]:
+    """Entropy in nats of each row's distribution, from its log-probs (``-inf`` entries add 0)."""
+    return -(logprobs.exp() * logprobs.nan_to_num(neginf=0.0)).sum(-1)
+
+
 def ece(confidence: Tensor, accuracy: Tensor, bins: int = 15) -> float:
     """Expected calibration error: sum over equal-width bins of |mean acc - mean conf| x share."""
     confidence, accuracy = confidence.reshape(-1).double(), accuracy.reshape(-1).double()
@@ -112,7 +118,7 @@ def prediction_metrics(
         "excess_loss": (nll_model - nll_true).mean().item(),
         "kl_to_world": kl_per_token(true, model),
         "ece": ece(conf, true.exp().gather(-1, pred[..., None]).squeeze(-1)),
-        "entropy": -(model.exp() * model.clamp(min=-1e30)).sum(-1).mean().item(),
+        "entropy": entropy(model).mean().item(),
     }
 
 

@@ -24,6 +24,7 @@ from transformers import GPT2LMHeadModel
 
 from lab.errors import LabError, close_matches
 from lab.organism.labeler import Labeler
+from lab.organism.metrics import entropy
 from lab.organism.rlhf import sample_continuations
 from lab.organism.world import HMM
 
@@ -67,7 +68,6 @@ def organism_targets(
         )
     fwd = world.forward(tokens)
     logp = fwd.next_token_logprobs
-    entropy = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
     reach = reach_probability(world.transition, fwd.beliefs, world.scene_index(attractor))
 
     def rows(x: Tensor) -> Tensor:
@@ -76,7 +76,7 @@ def organism_targets(
     return {
         "belief": rows(fwd.beliefs).float(),
         "scene": rows(scenes),
-        "next_token_entropy": rows(entropy).float(),
+        "next_token_entropy": rows(entropy(logp)).float(),
         "wedding_reach": rows(reach).float(),
     }
 
