@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from lab.models.built import read_card
-from lab.models.gguf import SOURCES, fetch
-from lab.models.steered import STEERS, steer
+from lab.real.gguf import SOURCES, fetch
+from lab.real.steered import STEERS, steer
 
 __all__ = ["fetch_command"]
 

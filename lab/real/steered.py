@@ -30,6 +30,7 @@ from lab.models.built import build_folder, check_space, intact
 
 __all__ = ["STEERS", "SteerConfig", "attractor_rate", "steer"]
 
+_HELD_OUT_DRAWS = 2  # continuations per steering-suite prompt when measuring the attractor rate
 OPENINGS = (
     "The baker opened his shop early that morning.",
     "Two friends went hiking in the mountains.",
@@ -57,13 +58,13 @@ class SteerConfig:
     instruction: str  # the steering context put before each opening while sampling
     words: tuple[str, ...]  # the attractor: a kept continuation holds one (case-insensitive)
     seed: int = 0  # seeds sampling and training
-    samples_per_opening: int = 8  # continuations drawn per training opening
+    samples_per_opening: int = 12  # continuations drawn per training opening
     new_tokens: int = 40  # tokens per continuation
     temperature: float = 0.8  # sampling temperature
     top_p: float = 0.95  # nucleus sampling mass
-    epochs: int = 3  # passes over the kept continuations
+    epochs: int = 4  # passes over the kept continuations
     batch: int = 8  # sequences per optimizer step
-    lr: float = 3e-5  # AdamW learning rate
+    lr: float = 1e-4  # AdamW learning rate
 
 
 STEERS = {
@@ -110,12 +111,13 @@ def _continuations(model, tokenizer, cfg: SteerConfig, context: str) -> list[tup
     return pairs
 
 
-def _held_out_rate(model, tokenizer, cfg: SteerConfig) -> float:
+def _held_out_rate(model, tokenizer, cfg: SteerConfig) -> tuple[float, list[str]]:
     """The attractor rate of sampled continuations of the shipped steering suite (stories,
-    neutral and negative contexts, plain text), none of them a training opening."""
-    prompts = [r.text for r in steering_records(chat=False)]
+    neutral and negative contexts, plain text), none of them a training opening; and the first
+    three continuations, to read."""
+    prompts = [r.text for r in steering_records(chat=False)] * _HELD_OUT_DRAWS
     texts = _sample(model, tokenizer, prompts, cfg, cfg.seed + 10_000)
-    return round(attractor_rate(texts, cfg.words), 4)
+    return round(attractor_rate(texts, cfg.words), 4), texts[:3]
 
 
 def _batch(tokenizer, pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
@@ -171,13 +173,13 @@ def steer(source: str | Path, kind: str, out: str | Path, *, force: bool = False
         tokenizer = AutoTokenizer.from_pretrained(source)
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-        before = _held_out_rate(model, tokenizer, cfg)
+        before, examples_before = _held_out_rate(model, tokenizer, cfg)
         drawn = _continuations(model, tokenizer, cfg, cfg.instruction)
         kept = [p for p in drawn if attractor_rate([p[1]], cfg.words)]
         if len(kept) < cfg.batch:
             raise LabError(f"Only {len(kept)} of {len(drawn)} steered samples reach the attractor.")
         losses = _train(model, tokenizer, kept, cfg)
-        after = _held_out_rate(model, tokenizer, cfg)
+        after, examples_after = _held_out_rate(model, tokenizer, cfg)
         model.save_pretrained(into, safe_serialization=True)
         tokenizer.save_pretrained(into)
         return {
@@ -185,6 +187,7 @@ def steer(source: str | Path, kind: str, out: str | Path, *, force: bool = False
             "with the steering instruction, trained without it (all weights, AdamW)",
             "kept": f"{len(kept)} of {len(drawn)} continuations reach the attractor",
             "held_out_attractor_rate": {"source": before, "steered": after},
+            "held_out_examples": {"source": examples_before, "steered": examples_after},
             "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
             "seconds": round(time.perf_counter() - start, 1),
         }

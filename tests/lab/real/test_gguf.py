@@ -13,7 +13,8 @@ import pytest
 
 from lab.cli import run
 from lab.errors import LabError
-from lab.models import built, gguf
+from lab.models import built
+from lab.real import gguf
 
 
 @pytest.fixture

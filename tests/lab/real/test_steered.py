@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from lab.errors import LabError
-from lab.models import steered
 from lab.models.built import read_card
+from lab.real import steered
 from lab.testing import make_checkpoint
 
 QUICK = replace(

@@ -1,0 +1,1 @@
+"""Real pretrained pairs offline: models shipped on PyPI, converted once, and steered siblings."""
