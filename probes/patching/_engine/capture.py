@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lab.activations.hooks import hook_point
+from lab.activations.hooks import StopForward, hook_point
 from lab.errors import LabError
 from lab.types import Tokens
 from probes.patching._engine.last_block import (
@@ -29,6 +29,7 @@ from probes.patching._engine.last_block import (
     hooked,
     keys_pass,
     query_pass,
+    stopped_by,
     worth_splitting,
 )
 from probes.patching._engine.packing import KWARG_RULES, pack_lanes
@@ -127,10 +128,6 @@ def _named(block: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     return named
 
 
-class _Deferred(Exception):
-    """Raised at the last block's input when the caller runs that block itself."""
-
-
 def resid_pre(layer: int) -> str:
     """The hook of a block's input residual (what ``capture(defer=True)`` keeps at ``last``)."""
     return f"blocks.{layer}.hook_resid_pre"
@@ -159,13 +156,14 @@ def capture(
     last = n_layers - 1 if last is None or read is not None else last
     inputs: list[Tensor | None] = [None] * n_layers
     kwargs_by_block: list[dict | None] = [None] * n_layers
+    deferred = StopForward("the caller runs the last block")  # raised at its input
 
     def recorder(i):
         def hook(module, args, kwargs):
             inputs[i] = args[0] if args else kwargs["hidden_states"]
             kwargs_by_block[i] = _named(module, args, kwargs)
             if defer and i == last:
-                raise _Deferred
+                raise deferred
 
         return hook
 
@@ -189,11 +187,14 @@ def capture(
     stop = last if read is not None else last + 1 if last + 1 < n_layers else None
     ran = last if read is not None or defer else last + 1
     try:
-        with torch.inference_mode(), attention_kv(model, range(ran), kv), hooked(points, savers):
+        with (
+            torch.inference_mode(),
+            attention_kv(model, range(ran), kv),
+            hooked(points, savers),
+            stopped_by(deferred),
+        ):
             masked = {} if attention_mask is None else {"attention_mask": attention_mask}
             model(tokens, stop_at_layer=None if defer else stop, **masked)
-    except _Deferred:
-        pass
     finally:
         for h in handles:
             h.remove()

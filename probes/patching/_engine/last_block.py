@@ -19,16 +19,34 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lab.activations.hooks import StopForward
 from lab.errors import LabError
 from probes.patching._engine.packing import KWARG_RULES, Lanes
 
-__all__ = ["KV", "Adapter", "attention_kv", "hooked", "keys_pass", "query_pass", "worth_splitting"]
+__all__ = [
+    "KV",
+    "Adapter",
+    "attention_kv",
+    "hooked",
+    "keys_pass",
+    "query_pass",
+    "stopped_by",
+    "worth_splitting",
+]
 
 KeysValues = tuple[Tensor, Tensor]  # (keys, values): (lane batch) kv_head key d_head each
 
 
-class _KeysReady(Exception):
-    """Raised inside a block once its attention has handed over its keys and values."""
+@contextmanager
+def stopped_by(stop: StopForward) -> Iterator[None]:
+    """Run a forward that ``stop`` may end (raised by one of its hooks), as
+    ``lab.activations.hooks.stopping`` does, but only that one: another ``StopForward`` (an
+    outer forward's, whose hook fired inside this one) goes on to its own ``with``."""
+    try:
+        yield
+    except StopForward as e:
+        if e is not stop:
+            raise
 
 
 class KV:
@@ -36,7 +54,7 @@ class KV:
     returns the keys to attend to: ``own`` (keys computed earlier) in place of the new ones if
     given, after ``prefix`` (the cached run's) if given. A prefix may also be a function of the
     keys and values handed over (the cached run's made in the same call, as one of its lanes).
-    ``stop``: end the block right there."""
+    ``stop``: end the block right there (``KV.stop``, a ``StopForward``)."""
 
     def __init__(
         self,
@@ -44,13 +62,14 @@ class KV:
         own: Mapping[int, KeysValues] | None = None,
         stop: bool = False,
     ):
-        self.prefix, self.own, self.stop = prefix, own, stop
+        self.prefix, self.own = prefix, own
+        self.stop = StopForward("keys and values handed over") if stop else None
         self.seen: dict[int, KeysValues] = {}
 
     def update(self, k: Tensor, v: Tensor, layer: int, *args, **kwargs) -> KeysValues:
         self.seen[layer] = (k, v)
-        if self.stop:
-            raise _KeysReady
+        if self.stop is not None:
+            raise self.stop
         if self.own is not None:
             k, v = self.own[layer]
         if self.prefix is not None:
@@ -128,11 +147,10 @@ def keys_pass(
     """Block ``i`` on ``hidden`` (with ``kwargs`` as given) up to its attention's key/value
     update: the keys and values of every row. Hooks before that point fire, later ones do not."""
     kv = KV(None if prefix is None else {i: prefix}, stop=True)
-    with attention_kv(model, [i], kv):
-        try:
-            model.blocks[i](hidden, **kwargs)
-        except _KeysReady:
-            return kv.seen[i]
+    with attention_kv(model, [i], kv), stopped_by(kv.stop):
+        model.blocks[i](hidden, **kwargs)
+    if i in kv.seen:
+        return kv.seen[i]
     raise LabError(
         f"Block {i}'s attention never handed over its keys and values; this model's attention "
         "does not support a key/value prefix, so its last block cannot be split."

@@ -12,8 +12,11 @@ import transformer_lens.patching as tlp
 import probes.patching._engine.capture
 import probes.patching._engine.cone
 from lab import load_pair
+from lab.activations.hooks import StopForward
 from lab.testing import TEST_SPECS, make_pair
 from lab.testing import corrupted_prompts as prompts
+from probes.patching._engine.capture import capture
+from probes.patching._engine.last_block import keys_pass, stopped_by
 from probes.patching.metrics import LogProb
 from probes.patching.patch import PatchConfig, cross_model, denoise, patch_jointly
 from probes.patching.sites import Site
@@ -113,3 +116,26 @@ def test_sites_inside_the_last_block_are_not_deferred(loaded_pair, deferrals):
     clean, corrupted = prompts()
     denoise(model, clean, corrupted, [Site("mlp_out", 1, position=3)], two_reads(2), config=QUIET)
     assert deferrals == [False]
+
+
+def test_a_stop_ends_only_its_own_forward(loaded_pair):
+    """The engine's early stops are lab.activations.hooks.StopForward. One raised by an outer
+    forward's hook while the capture runs (the model's hooks persist) must end the outer forward,
+    not pass for the capture's own deferral; the keys pass still catches its own stop."""
+    model = loaded_pair("llama").base
+    tokens, _ = prompts()
+    outer = StopForward("outer")
+
+    def stop_outer(act, hook):
+        raise outer
+
+    reached = []
+    with stopped_by(outer), model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", stop_outer)]):
+        capture(model, tokens, (), None, last=1, defer=True)
+        reached.append(True)  # a swallowed outer stop: the capture went on with no input
+    assert not reached
+    run = capture(model, tokens, (), None, last=1, defer=True)  # the deferral alone
+    assert run.keys[1] is None and run.block_inputs[1] is not None
+    with stopped_by(outer), torch.inference_mode():
+        keys, values = keys_pass(model, 1, run.block_inputs[1], run.block_kwargs[1], None)
+    assert keys.shape[-2] == tokens.shape[1] and values.shape == keys.shape
