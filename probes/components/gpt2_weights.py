@@ -18,22 +18,16 @@ benchmark swaps exactly what planting trained.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from lab.errors import LabError
-from lab.organism.components import component_masks, relative_change
+from lab.organism.components import component_masks, parse_components, relative_change
 from lab.organism.components import component_names as organism_component_names
 
-__all__ = [
-    "component_names",
-    "parse_component",
-    "swap_components",
-    "weight_change",
-]
+__all__ = ["component_names", "swap_components", "weight_change"]
 
 
 def _check_gpt2(model: Any) -> None:
@@ -50,19 +44,6 @@ def component_names(model: Any) -> list[str]:
     return organism_component_names(model.config.n_layer, model.config.n_head)
 
 
-def parse_component(name: str, valid: Iterable[str]) -> str:
-    """``L2H5`` / ``L3 MLP`` (also ``L3.mlp``, ``L3MLP``) as the lab writes it; an unknown name
-    is refused with the valid ones listed."""
-    valid = list(valid)
-    m = re.fullmatch(r"\s*L(\d+)\s*(?:H(\d+)|[ ._]?mlp)\s*", name, flags=re.IGNORECASE)
-    canon = None
-    if m:
-        canon = f"L{m[1]}H{m[2]}" if m[2] is not None else f"L{m[1]} MLP"
-    if canon not in valid:
-        raise LabError(f"No component {name!r} in this model; valid names: {', '.join(valid)}.")
-    return canon
-
-
 def _check_shapes(a: Any, b: Any) -> None:
     sa = {k: tuple(v.shape) for k, v in a.state_dict().items()}
     sb = {k: tuple(v.shape) for k, v in b.state_dict().items()}
@@ -76,10 +57,12 @@ def _check_shapes(a: Any, b: Any) -> None:
 
 @torch.no_grad()
 def swap_components(target: Any, source: Any, components: Iterable[str]) -> Any:
-    """A deep copy of ``target`` whose named components carry ``source``'s weights."""
+    """A deep copy of ``target`` whose named components carry ``source``'s weights; names as
+    the organism reads them (``L2H5``, ``L3 MLP``, ``L3.mlp``; ``lab.organism.components``)."""
     _check_shapes(target, source)
-    valid = component_names(target)
-    names = [parse_component(c, valid) for c in components]
+    _check_gpt2(target)
+    shape = target.config.n_layer, target.config.n_head
+    names = [parse_components([c], *shape)[0] for c in components]  # one at a time: all may go
     out = copy.deepcopy(target)
     params = dict(out.named_parameters())
     src = dict(source.named_parameters())

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from lab.errors import LabError
 from probes.patching._engine.capture import TargetRun, unembed
+from probes.patching._engine.lane_hooks import patch_hook, read_hook
 from probes.patching._engine.last_block import (
     KV,
     Adapter,
@@ -41,7 +42,7 @@ from probes.patching._engine.last_block import (
     query_pass,
     worth_splitting,
 )
-from probes.patching._engine.packing import Lanes, pack_lanes, patch_hook, read_hook
+from probes.patching._engine.packing import Lanes, pack_lanes
 from probes.patching.sites import SITE_KINDS, Site
 
 __all__ = ["cone_positions", "run_cone"]

@@ -9,7 +9,6 @@ from lab.errors import LabError
 from lab.organism.components import component_masks
 from probes.components.gpt2_weights import (
     component_names,
-    parse_component,
     swap_components,
     weight_change,
 )
@@ -36,10 +35,13 @@ def test_names_and_parsing(models):
     a, _ = models
     names = component_names(a)
     assert names[:5] == ["L0H0", "L0H1", "L0H2", "L0H3", "L0 MLP"] and len(names) == 10
-    assert parse_component("L1.mlp", names) == "L1 MLP"
-    assert parse_component("l0h2", names) == "L0H2"
+    b = models[1]
+    by_alias = swap_components(a, b, ["L1.mlp", "l0h2"])  # read as the organism reads them
+    by_name = swap_components(a, b, ["L1 MLP", "L0H2"])
+    pairs = zip(by_alias.parameters(), by_name.parameters(), strict=True)
+    assert all(torch.equal(x, y) for x, y in pairs)
     with pytest.raises(LabError, match="valid names: L0H0, L0H1"):
-        parse_component("L2H0", names)
+        swap_components(a, b, ["L2H0"])
 
 
 def test_slices_cover_attention_and_mlp_once(models):
