@@ -1,6 +1,6 @@
 """The migration map: every component at (prediction score, steering score) in base and in tuned,
-with an arrow from one to the other. Pure functions of ``probes.components.classify.classify``'s
-table.
+with an arrow from one to the other. Pure functions of the table that
+``probes.components.classify.classify`` (or ``classify_scores``) makes.
 """
 
 from __future__ import annotations

@@ -105,8 +105,8 @@ def patch(
     ``transformer_lens.patching`` does (layer x position, layer x head ...).
 
     ``attention_mask`` (``batch pos``, 1: a real token): prompts of different lengths padded on
-    one side, the same for both prompt sets (``probes.patching.padding``). Site positions are array
-    columns; metric positions count within each prompt (-1: its last real token).
+    one side, the same for both prompt sets (``probes.patching.positions``). Site positions are
+    array columns; metric positions count within each prompt (-1: its last real token).
     """
     config = config or PatchConfig()
     check_eval(target_model, source_model)

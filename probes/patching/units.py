@@ -9,8 +9,8 @@ granularity):
   key/value head stays the receiving model's own.
 - ``kv_group`` (``L1G0``): key/value head 0 with every query head that reads it: their query,
   key, value and output slices. Without GQA a group is one head, so ``L1G0`` equals ``L1H0``.
-- ``mlp`` (``L3.mlp``; ``L3 MLP``, ``probes.components.classify``'s spelling, is read too): all its
-weights.
+- ``mlp`` (``L3.mlp``; ``L3 MLP``, the organism's and ``probes.components.classify``'s
+  spelling, is read too): all its weights.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Component:
     @property
     def site(self) -> Site:
         """Its row in a result table: ``z`` for a head and ``mlp_out`` for an MLP (as
-        ``probes.components.classify.component_site``), ``kv_group`` (head: the group) for a
+        ``Site.from_row`` of a classify row), ``kv_group`` (head: the group) for a
         group."""
         return Site(UNIT_SITES[self.kind], self.layer, self.index)
 

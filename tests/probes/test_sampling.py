@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lab import LabError
+from lab import LabError, load_pair
 from lab.organism.story import story_world
-from probes.sampling import sample
+from lab.sweeps import sweep
+from probes.sampling import emittable, sample
 
 
 class _BosLover(torch.nn.Module):
@@ -36,8 +37,6 @@ def test_sampling_never_draws_a_special_token():
 
 
 def test_an_explicit_allowed_set_replaces_the_default():
-    from probes.sampling import emittable
-
     model = _BosLover().eval()
     prompts = torch.zeros(16, 1, dtype=torch.long)
     out = sample(model, prompts, 4, torch.Generator().manual_seed(0), allowed=[1, 3])
@@ -54,8 +53,6 @@ def test_an_explicit_allowed_set_replaces_the_default():
 
 
 def test_sampling_from_the_organism_never_emits_bos_mid_sequence():
-    from lab import load_pair
-
     pair = load_pair("organism", device="cpu")
     world = story_world()
     prompts = world.draw(32, 4, torch.Generator().manual_seed(0))[0]
@@ -66,8 +63,6 @@ def test_sampling_from_the_organism_never_emits_bos_mid_sequence():
 
 def test_joint_analysis_on_the_organism_runs(tmp_path):
     """Finding 3's config: organism pair, n = 64, classify then joint with n_prompts = 32."""
-    from lab.sweeps import sweep
-
     out = sweep.run(
         {
             "run": {"out": str(tmp_path / "run"), "device": "cpu", "seed": 0},

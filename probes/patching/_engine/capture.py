@@ -150,7 +150,7 @@ def capture(
     nothing of that block: no logits, and no keys or values for it (None). The caller runs it
     (``run_cone`` with the run as a baseline lane). Every hook asked for must come before it
     (the last block's own ``hook_resid_pre`` is its input). ``attention_mask``: padded
-    prompts (``probes.patching.padding``); the blocks' arguments then carry it to every cone."""
+    prompts (``probes.patching.positions``); the blocks' arguments then carry it to every cone."""
     check_eval(model)
     n_layers, n_pos = int(model.cfg.n_layers), int(tokens.shape[1])
     last = n_layers - 1 if last is None or read is not None else last
