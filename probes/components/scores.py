@@ -77,7 +77,12 @@ def _logprobs(model: Any, tokens: Tensor) -> Float[Tensor, "batch pos vocab"]:
     return model(tokens).logits.float().log_softmax(-1)
 
 
-def departure_values(model: Any, base_lp: Tensor, tokens: Tensor, attractor: Sequence[int]):
+def departure_values(
+    model: Any,
+    base_lp: Float[Tensor, "batch pos vocab"],
+    tokens: Int[Tensor, "batch pos"],
+    attractor: Sequence[int],
+) -> dict[str, float]:
     """(KL(model || base), attractor probability) of an HF model, means over every position."""
     lp = _logprobs(model, tokens)
     kl = kl_per_token(lp, base_lp)

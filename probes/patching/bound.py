@@ -4,6 +4,8 @@ every position a run reads, and its batch mean on one run or on many stacked pat
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from lab.errors import LabError
 from probes.patching.metrics import Metric
@@ -63,6 +65,8 @@ class BoundMetric:
         return values.float().view(copies, batch).mean(1).tolist()
 
 
-def read_values(logits, acts: dict, reads: dict, name: str) -> torch.Tensor:
+def read_values(
+    logits: Float[Tensor, "batch read vocab"] | None, acts: dict, reads: dict, name: str
+) -> Float[Tensor, "batch read ..."]:
     """What a metric reading ``name`` sees of one run: its read logits or hook activations."""
     return logits if name == "logits" else acts[name][:, reads[name]]

@@ -42,7 +42,7 @@ def resolve_positions(metric: Reader, n_pos: int) -> Int[Tensor, " read"]:
     return torch.tensor(pos, dtype=torch.long)
 
 
-def check_mask(mask: Any, tokens: Tensor) -> Mask | None:
+def check_mask(mask: Any, tokens: Int[Tensor, "batch pos"]) -> Mask | None:
     """``mask`` as 0/1 integers on the tokens' device, refused unless it is one run of real
     tokens per prompt, padded on either side; None stays None (no padding)."""
     if mask is None:
@@ -91,6 +91,6 @@ def read_positions(metric: Reader, n_pos: int, mask: Mask | None) -> Int[Tensor,
     return first[:, None] + at
 
 
-def mask_kwargs(mask: Tensor | None, device: Any) -> dict[str, Any]:
+def mask_kwargs(mask: Mask | None, device: Any) -> dict[str, Any]:
     """The forward's keyword for a padding mask (none without one)."""
     return {} if mask is None else {"attention_mask": mask.to(device)}
