@@ -1,1 +1,12 @@
-"""The HTML report of a sweep: build, sections, self-contained HTML, browser check."""
+"""The HTML report of a run: ``build(tables_or_run_dir, out)`` writes one self-contained page.
+
+Modules: ``page`` (build), ``sections`` (what each part shows), ``headline`` (the run's finding,
+shared with ``lab demo``), ``locus`` (component swapping), ``tables`` (a run folder or in-memory
+tables), ``html`` (figures, tables and circuitsvis, script-safe), ``browser`` (the headless check).
+"""
+
+from lab.report.headline import Headline, headline
+from lab.report.page import build
+from lab.report.tables import RunDir, RunTables
+
+__all__ = ["Headline", "RunDir", "RunTables", "build", "headline"]

@@ -19,6 +19,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import circuitsvis
+import matplotlib.pyplot as plt
+from circuitsvis.utils.convert_props import convert_prop_type
+
 from lab.errors import LabError
 
 __all__ = [
@@ -41,19 +45,24 @@ _JSON_ESCAPES = {
 }
 
 
-def figure_html(fig: Any, alt: str, *, dpi: int = 110) -> str:
-    """A matplotlib figure as an inline PNG ``<img>`` (the figure is closed afterwards)."""
-    import matplotlib.pyplot as plt
+def _classes(base: str, cls: str) -> str:
+    return html.escape(f"{base} {cls}".strip())
 
+
+def figure_html(fig: Any, alt: str, *, cls: str = "", dpi: int = 110) -> str:
+    """A matplotlib figure as an inline PNG ``<img>`` (the figure is closed afterwards); ``cls``
+    adds classes to its ``figure`` class (``"noise"`` greys it out)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img class="figure" alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/>'
+    classes, alt = _classes("figure", cls), html.escape(alt)
+    return f'<img class="{classes}" alt="{alt}" src="data:image/png;base64,{data}"/>'
 
 
-def table_html(rows: list[dict[str, Any]], *, floatfmt: str = "{:.4g}") -> str:
-    """A list of dicts (one per row, same keys) as an HTML table."""
+def table_html(rows: list[dict[str, Any]], *, cls: str = "", floatfmt: str = "{:.4g}") -> str:
+    """A list of dicts (one per row, same keys) as an HTML table; ``cls`` adds classes to its
+    ``data`` class (``"noise"`` greys it out)."""
     if not rows:
         return "<p><em>(empty)</em></p>"
     cols = list(rows[0])
@@ -65,7 +74,8 @@ def table_html(rows: list[dict[str, Any]], *, floatfmt: str = "{:.4g}") -> str:
     body = "".join(
         "<tr>" + "".join(f"<td>{cell(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows
     )
-    return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    classes = _classes("data", cls)
+    return f'<table class="{classes}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def script_json(value: Any) -> str:
@@ -74,8 +84,6 @@ def script_json(value: Any) -> str:
     ``<``, ``>``, ``&``, U+2028 and U+2029 only ever occur inside JSON strings, where their
     ``\\uXXXX`` escapes mean the same characters; so the literal decodes to ``value`` unchanged.
     """
-    from circuitsvis.utils.convert_props import convert_prop_type
-
     if isinstance(value, dict):
         value = {k: convert_prop_type(v) for k, v in value.items() if v is not None}
     return json.dumps(convert_prop_type(value)).translate(_JSON_ESCAPES)
@@ -95,8 +103,6 @@ def script_element(js: str) -> str:
 @cache
 def circuitsvis_script() -> str:
     """The circuitsvis browser bundle as one inline ``<script>`` that defines ``CircuitsVis``."""
-    import circuitsvis
-
     bundle = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
     return script_element(bundle.read_text(encoding="utf-8"))
 

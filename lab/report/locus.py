@@ -1,21 +1,23 @@
 """The report's component-swapping section: swap shares per component (locus) and, when the run
 also holds activation patching or classify results, locus beside mediation. Pure functions of
-the run folder's tables, like every section of ``lab.report.build``."""
+the run's tables, like every section of ``lab.report.sections``."""
 
 from __future__ import annotations
 
 import html
-from typing import Any
 
 import pandas as pd
 
 from lab.errors import LabError
-from lab.report.html import figure_html, table_html
+from lab.report.html import CircuitsVisPage, figure_html, table_html
+from lab.report.tables import Run
+from probes.components.migration import departure_note, departures, locus_map, locus_table
+from probes.patching.heatmaps import component_heatmap
 
 __all__ = ["locus_figure", "swap_section"]
 
 
-def _mediation(run: Any) -> tuple[pd.DataFrame | None, str]:
+def _mediation(run: Run) -> tuple[pd.DataFrame | None, str]:
     """The run's per-component mediation shares: its patching table, else its classify table."""
     for name in ("patching.parquet", "classify.parquet"):
         if run.has(name):
@@ -23,10 +25,8 @@ def _mediation(run: Any) -> tuple[pd.DataFrame | None, str]:
     return None, ""
 
 
-def locus_figure(run: Any, swap: pd.DataFrame, metric: str = "kl_to_base") -> str:
+def locus_figure(run: Run, swap: pd.DataFrame, metric: str = "kl_to_base") -> str:
     """The locus-vs-mediation scatter and its table (into tuned), or "" without mediation."""
-    from probes.components.migration import locus_map, locus_table
-
     mediation, where = _mediation(run)
     if mediation is None:
         return ""
@@ -48,10 +48,9 @@ def locus_figure(run: Any, swap: pd.DataFrame, metric: str = "kl_to_base") -> st
     )
 
 
-def swap_section(run: Any, _: Any) -> str:
-    from probes.components.migration import departure_note, departures
-    from probes.patching.heatmaps import component_heatmap
-
+def swap_section(run: Run, _: CircuitsVisPage) -> str:
+    """Swap shares per component and metric (greyed out where the departure is noise), then
+    locus beside mediation."""
     swap = run.table("swap.parquet")
     deps = departures(swap)
     noise = {r.metric: departure_note(r) for r in deps.itertuples() if r.within_noise}
@@ -63,13 +62,13 @@ def swap_section(run: Any, _: Any) -> str:
     ]
     for (metric, into), part in swap.groupby(["metric", "into"], sort=False):
         title = f"swap, {metric}, into {into}"
-        grey = " noise" if metric in noise else ""
+        grey = "noise" if metric in noise else ""
         if grey:
             parts.append(
                 f"<p class='noise'>{html.escape(title)}: {html.escape(noise[metric])}.</p>"
             )
         fig = component_heatmap(part, metric=metric)
         fig.suptitle(title + (" (within noise)" if grey else ""))
-        parts.append(figure_html(fig, title).replace('class="figure"', f'class="figure{grey}"'))
+        parts.append(figure_html(fig, title, cls=grey))
     parts.append(locus_figure(run, swap))
     return "".join(parts)

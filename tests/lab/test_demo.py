@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 
 import pandas as pd
 import pytest
 
 from lab.cli import run
+from lab.report import RunDir, headline
 from lab.report.browser import check_page
 
-from .test_report import needs_browser
+from .report.test_page import needs_browser
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    assert run(["demo", "--out", str(out)]) == 0
-    return out
+def demo_run(tmp_path_factory):
+    out, printed = tmp_path_factory.mktemp("demo"), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert run(["demo", "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_dir(demo_run):
+    return demo_run[0]
 
 
 def test_demo_names_the_steering_components(demo_dir):
@@ -31,6 +41,19 @@ def test_demo_names_the_steering_components(demo_dir):
     assert joint["reach_tuned"] > 0.8 > joint["reach_base"]
     ev = pd.read_parquet(demo_dir / "organism_eval.parquet").set_index(["model", "metric"])
     assert ev.loc[("rlhf", "ece"), "value"] > 10 * ev.loc[("base", "ece"), "value"]
+
+
+def test_demo_prints_the_reports_headline(demo_run):
+    out, printed = demo_run
+    found = headline(RunDir(out))
+    assert len(found.top) == 5 and "\n".join(found.lines()) in printed
+    assert printed.rstrip().endswith(f"summary: {out / 'summary.json'}")
+    report = (out / "report.html").read_text()
+    section = re.search(r'<section id="headline">(.*?)</section>', report, flags=re.S)[1]
+    assert section == found.html()
+    assert [c["component"] for c in found.top] == [
+        c["component"] for c in json.loads((out / "summary.json").read_text())["top_steering"]
+    ]
 
 
 def test_demo_wrote_every_section(demo_dir):

@@ -10,11 +10,11 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lab import LabError
+from lab.report import build
 from lab.report import html as viz
 from lab.report.browser import check_page
-from lab.report.build import build_report
 
-from .test_report import needs_browser
+from .test_page import needs_browser
 
 INJECTED = '<script>console.error("INJECTED");document.title="INJECTED"</script>'
 
@@ -51,7 +51,7 @@ def injected_run(tmp_path):
 
 def test_script_data_cannot_end_its_script_block(injected_run):
     run, tokens = injected_run
-    path, _ = build_report(run, run / "report.html")
+    path, _ = build(run, run / "report.html")
     text = path.read_text(encoding="utf-8")
     scripts = re.findall(r"<script>(.*?)</script>", text, flags=re.S | re.I)
     # each script element ends at its own end tag: the bundle and one per circuitsvis element
@@ -86,7 +86,7 @@ def test_script_helpers_escape_and_refuse():
 @needs_browser
 def test_injected_tokens_do_not_run_in_a_browser(injected_run, tmp_path):
     run, _ = injected_run
-    path, _ = build_report(run, run / "report.html")
+    path, _ = build(run, run / "report.html")
     result = check_page(path, tmp_path / "shot.png")
     assert result.errors == []  # the injected script would log "INJECTED"
     assert result.circuitsvis_ids == ["cv-1", "cv-2"] == result.rendered_ids

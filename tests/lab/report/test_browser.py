@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 import lab.report.browser
-import lab.report.build
+import lab.report.page
 from lab.cli import run as cli
 from lab.report.browser import PageCheck
 
-from .test_report import needs_browser
+from .test_page import needs_browser
 
 BROKEN = (
     "<!doctype html><html><head><meta charset='utf-8'></head><body>"
@@ -59,7 +59,7 @@ def test_check_failures_exit_non_zero_with_one_line(run_dir, monkeypatch, capsys
 
 @needs_browser
 def test_check_of_an_injected_page_exits_non_zero(run_dir, monkeypatch, capsys):
-    monkeypatch.setattr(lab.report.build, "build_report", _broken_report)
+    monkeypatch.setattr(lab.report.page, "build", _broken_report)
     assert cli(["report", str(run_dir), "--check"]) == 1
     captured = capsys.readouterr()
     assert "0/2 circuitsvis elements rendered" in captured.out

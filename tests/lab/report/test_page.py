@@ -6,13 +6,17 @@ import os
 import re
 import tomllib
 
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
 from lab import LabError
 from lab.models.checkpoints import data_dir
+from lab.report import build
 from lab.report.browser import check_page, find_chromium
-from lab.report.build import build_report
 from lab.sweeps import sweep
+from probes.components import ClassifyConfig, classify_scores
 
 needs_browser = pytest.mark.skipif(
     find_chromium() is None and not os.environ.get("STEERLAB_REQUIRE_BROWSER"),
@@ -32,9 +36,7 @@ def run_dir(pair_dirs, tmp_path_factory):
 
 @needs_browser
 def test_report_renders_in_a_real_browser(run_dir, tmp_path):
-    from PIL import Image
-
-    path, _ = build_report(run_dir, tmp_path / "report.html")
+    path, _ = build(run_dir, tmp_path / "report.html")
     text = path.read_text()
     assert not re.search(r"<script[^>]*\bsrc=", text)  # every script embedded, none fetched
     result = check_page(path, tmp_path / "shot.png")
@@ -49,7 +51,7 @@ def test_report_renders_in_a_real_browser(run_dir, tmp_path):
 
 
 def test_partial_run_lists_what_is_missing(run_dir, tmp_path):
-    path, missing = build_report(run_dir, tmp_path / "r.html")
+    path, missing = build(run_dir, tmp_path / "r.html")
     assert any(m.startswith("probes: needs probes.parquet") for m in missing)
     html = path.read_text()
     assert 'id="missing"' in html and "Migration map" in html and "Calibration" in html
@@ -57,19 +59,14 @@ def test_partial_run_lists_what_is_missing(run_dir, tmp_path):
 
 def test_empty_or_absent_run_folder_is_refused(tmp_path):
     with pytest.raises(LabError, match=r"holds no results.*run `lab demo --out DIR`"):
-        build_report(tmp_path)
+        build(tmp_path)
     with pytest.raises(LabError, match="No run folder"):
-        build_report(tmp_path / "nothing")
+        build(tmp_path / "nothing")
 
 
 def _classify_table(kl_gap: float, att_gap: float):
-    """A classify table (via ``classify``) of two components whose shares divide by the given
+    """A classify table (via ``classify_scores``) of two components whose shares divide by the given
     mean departures (base - tuned, per chunk +- 0.02, so a gap near 0 is within noise)."""
-    import numpy as np
-    import pandas as pd
-
-    from probes.components.classify import ClassifyConfig, classify
-
     rows = []
     for comp, kind, head in (("L0H0", "head", 0), ("L0 MLP", "mlp", None)):
         for model in ("tuned", "base"):
@@ -87,7 +84,7 @@ def _classify_table(kl_gap: float, att_gap: float):
                          "value": t + 0.017 if score == "steering" else t + 0.05,
                          "target": t, "source": s}
                     )  # fmt: skip
-    return classify(pd.DataFrame(rows), ClassifyConfig(n_boot=200))
+    return classify_scores(pd.DataFrame(rows), ClassifyConfig(n_boot=200))
 
 
 def _section(html: str, name: str) -> str:
@@ -95,8 +92,6 @@ def _section(html: str, name: str) -> str:
 
 
 def _patching_table(shares: dict[str, float]):
-    import pandas as pd
-
     return pd.DataFrame(
         [
             {"site": "mlp_out", "layer": 0, "head": None, "position": None, "metric": m,
@@ -113,7 +108,7 @@ def test_shares_of_a_departure_within_noise_are_flagged(tmp_path):
     _patching_table({"kl_to_base": 0.4, "attractor_prob": 5.68}).to_parquet(
         tmp_path / "patching.parquet"
     )
-    html = build_report(tmp_path, tmp_path / "r.html")[0].read_text()
+    html = build(tmp_path, tmp_path / "r.html")[0].read_text()
     headline = _section(html, "headline")
     assert "No finding on attractor_prob: tuned and base differ on attractor_prob by -0.003" in (
         headline
@@ -132,7 +127,7 @@ def test_shares_of_a_departure_within_noise_are_flagged(tmp_path):
 
 def test_headline_presents_no_finding_when_the_kl_departure_is_noise(tmp_path):
     _classify_table(kl_gap=0.001, att_gap=-0.3).to_parquet(tmp_path / "classify.parquet")
-    html = build_report(tmp_path, tmp_path / "r.html")[0].read_text()
+    html = build(tmp_path, tmp_path / "r.html")[0].read_text()
     headline = _section(html, "headline")
     assert "No finding on kl_to_base" in headline and "<ol>" not in headline
     assert "No finding on attractor_prob" not in headline
@@ -142,7 +137,7 @@ def test_headline_presents_no_finding_when_the_kl_departure_is_noise(tmp_path):
 
 def test_patching_without_any_interval_says_so(tmp_path):
     _patching_table({"kl_to_base": 0.4}).to_parquet(tmp_path / "patching.parquet")
-    html = build_report(tmp_path, tmp_path / "r.html")[0].read_text()
+    html = build(tmp_path, tmp_path / "r.html")[0].read_text()
     assert "No interval of the departures was recorded" in html
 
 
@@ -155,7 +150,7 @@ def test_a_bad_environment_json_is_named(tmp_path, content):
     (tmp_path / "environment.json").write_bytes(content)
     (tmp_path / "config.toml").write_text("[run]\n")
     with pytest.raises(LabError, match=r"environment\.json is not") as info:
-        build_report(tmp_path, tmp_path / "r.html")
+        build(tmp_path, tmp_path / "r.html")
     assert str(tmp_path / "environment.json") in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -167,6 +162,6 @@ def test_a_patching_table_carrying_its_departures_is_judged_by_them(tmp_path):
     table = table.assign(gap=0.003, gap_lo=-0.01, gap_hi=0.016, within_noise=noise)
     table.loc[~noise, ["gap", "gap_lo", "gap_hi"]] = [-0.2, -0.21, -0.19]
     table.to_parquet(tmp_path / "patching.parquet")
-    patching = _section(build_report(tmp_path, tmp_path / "r.html")[0].read_text(), "patching")
+    patching = _section(build(tmp_path, tmp_path / "r.html")[0].read_text(), "patching")
     assert "from this table" in patching and patching.count('class="data noise"') == 1
     assert "differ on attractor_prob by -0.003 (interval -0.016 to 0.01)" in patching
