@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lab.report.build import build_report
+from lab.report import build as build_report
 from lab.sweeps import sweep
 from probes.components.migration import locus_map, locus_table
 from probes.patching.heatmaps import component_heatmap
