@@ -11,7 +11,7 @@ from lab.datasets.dataset import Dataset
 from lab.models.checkpoints import data_dir
 from lab.models.outputs import model_kl
 from lab.models.pair import load_pair
-from lab.report.build import build_report
+from lab.report import build as build_report
 from lab.sweeps import sweep
 
 
