@@ -18,8 +18,9 @@ from lab.testing import corrupted_prompts as prompts
 from probes.patching._engine.capture import capture
 from probes.patching._engine.last_block import keys_pass, stopped_by
 from probes.patching.metrics import LogProb
-from probes.patching.patch import PatchConfig, cross_model, denoise, patch_jointly
+from probes.patching.patch import PatchConfig, cross_model, denoise
 from probes.patching.sites import Site
+from tests.probes.patching.reference import by_hand
 
 patch_module = importlib.import_module("probes.patching.patch")  # the package exports patch()
 ATOL = 1e-5
@@ -78,9 +79,9 @@ def test_cross_model_resid_pre_equals_a_full_forward_per_site(
     other = "base" if into == "tuned" else "tuned"
     target, source = pair.models[into], pair.models[other]
     for site, value in zip(sites, table["value"], strict=True):
-        ref = patch_jointly(target, tokens, source, tokens, [site], metric)
+        ref = by_hand(target, tokens, source, tokens, site, metric)
         assert value == pytest.approx(ref, abs=ATOL)
-    unpatched = patch_jointly(target, tokens, target, tokens, [Site("resid_pre", 0)], metric)
+    unpatched = by_hand(target, tokens, target, tokens, None, metric)
     assert table["target"].to_numpy() == pytest.approx(unpatched, abs=ATOL)
 
 

@@ -54,7 +54,9 @@ def test_hook_metric_equals_a_full_forward_with_the_patch(loaded_pair, arch, whi
         ref = by_hand(model, corrupted, model, clean, site, metric)
         assert value == pytest.approx(ref, abs=ATOL)
     joint = patch_jointly(model, corrupted, model, clean, SITES[:2], metric)
-    assert isinstance(joint, float)
+    assert joint == pytest.approx(
+        by_hand(model, corrupted, model, clean, SITES[:2], metric), abs=ATOL
+    )
 
 
 def test_patches_after_the_hook_change_nothing(loaded_pair):
