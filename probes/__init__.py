@@ -1,53 +1,58 @@
-"""Probes: linear probes per layer and model (batched), controls, and their plots."""
+"""Probes: the analyses of a pair. ``linear``: what each layer of each model represents;
+``patching``: what carries the models' difference (activation patching: mediation; component
+swapping: locus); ``components``: which heads and MLPs predict and which steer, and the migration
+map; ``sampling``: generation, with components patched from the other model.
 
-from lab.organism.targets import organism_targets, policy_value, reach_probability
-from probes.linear.controls import (
-    CONTROLS,
-    make_control,
-    random_init_like,
-    shuffle_control,
-    type_control,
+A notebook's lines (with ``lab``, which loads the pair and caches its activations)::
+
+    fits = probes.fit_probes(store, ["belief"])                 # a probe per layer and model
+    kl = probes.KLMetric.to_model(pair.base, tokens, positions=range(tokens.shape[1]))
+    table = probes.cross_model(pair, tokens, "z", kl, by_position=False)   # base heads -> tuned
+    scores = probes.classify(pair, tokens)                      # prediction vs steering scores
+    probes.migration_map(scores)
+
+The names below are each subpackage's entry points; everything else is in the subpackage.
+"""
+
+from probes import components, linear, patching, sampling
+from probes.components import ClassifyConfig, classify, layer_summary, migration_map, top_steering
+from probes.linear import Probe, ProbeConfig, ProbeResults, fit_probes, plot_probe_scores
+from probes.patching import (
+    KLMetric,
+    LogitDiff,
+    TokenSetProb,
+    cross_model,
+    denoise,
+    noise,
+    patch,
+    swap_components,
+    to_grid,
 )
-from probes.linear.kinds import PROBE_KINDS, Probe, ProbeKind, fit_linear, get_kind
-from probes.linear.layerwise import ProbeConfig, ProbeResults, fit_probes, layer_of
-from probes.linear.logistic import fit_logistic
-from probes.linear.plots import plot_probe_scores
-from probes.linear.solvers import LinearMap, SolverConfig, fit_diff_means, fit_ridge
-from probes.linear.source import ActivationSource, TensorSource, read_target
-from probes.linear.splits import Split, split_by_sequence, standardize
-from probes.patching.swap import Component, SwapConfig, swap_components
+from probes.sampling import sample
 
 __all__ = [
-    "CONTROLS",
-    "PROBE_KINDS",
-    "ActivationSource",
-    "Component",
-    "LinearMap",
+    "ClassifyConfig",
+    "KLMetric",
+    "LogitDiff",
     "Probe",
     "ProbeConfig",
-    "ProbeKind",
     "ProbeResults",
-    "SolverConfig",
-    "Split",
-    "SwapConfig",
-    "TensorSource",
-    "fit_diff_means",
-    "fit_linear",
-    "fit_logistic",
+    "TokenSetProb",
+    "classify",
+    "components",
+    "cross_model",
+    "denoise",
     "fit_probes",
-    "fit_ridge",
-    "get_kind",
-    "layer_of",
-    "make_control",
-    "organism_targets",
+    "layer_summary",
+    "linear",
+    "migration_map",
+    "noise",
+    "patch",
+    "patching",
     "plot_probe_scores",
-    "policy_value",
-    "random_init_like",
-    "reach_probability",
-    "read_target",
-    "shuffle_control",
-    "split_by_sequence",
-    "standardize",
+    "sample",
+    "sampling",
     "swap_components",
-    "type_control",
+    "to_grid",
+    "top_steering",
 ]
