@@ -7,20 +7,22 @@ from pathlib import Path
 
 import typer
 
+from lab.activations import ActivationStore, CacheInterrupted, cache_pair, check_options
+from lab.datasets.dataset import Dataset
+from lab.errors import LabError
+from lab.models.pair import load_pair
+from lab.runtime import resolve_device, resolve_dtype
+
 __all__ = ["cache", "store_app", "store_info"]
 
 store_app = typer.Typer(name="store", help="Inspect activation stores.", no_args_is_help=True)
 
 
-def _jsonl(path: Path, tokenizer, seq_len: int, text_field: str):
-    from lab.datasets.dataset import Dataset
-
+def _jsonl(path: Path, tokenizer, seq_len: int, text_field: str) -> Dataset:
     return Dataset.from_jsonl(path, tokenizer, text_field=text_field)
 
 
-def _text(path: Path, tokenizer, seq_len: int, text_field: str):
-    from lab.datasets.dataset import Dataset
-
+def _text(path: Path, tokenizer, seq_len: int, text_field: str) -> Dataset:
     return Dataset.from_text_file(path, tokenizer, seq_len=seq_len)
 
 
@@ -50,10 +52,6 @@ def cache(
     ),
 ) -> None:
     """Run both models on the same batches and store the chosen hooks of both on disk."""
-    from lab.activations.cache import CacheInterrupted, cache_pair, check_options
-    from lab.errors import LabError
-    from lab.models.pair import load_pair
-    from lab.runtime import resolve_device, resolve_dtype
 
     # Every option is checked before a model loads or anything is written.
     check_options(batch_size=batch_size, padding_side=padding_side, out=out)
@@ -98,7 +96,7 @@ def cache(
     typer.echo(repr(store))
 
 
-def _describe(store) -> dict:
+def _describe(store: ActivationStore) -> dict:
     m = store.manifest
     return {
         "path": str(store.root),
@@ -130,8 +128,6 @@ def store_info(
     ),
 ) -> None:
     """What a store holds: models, hooks and shapes, tokens, dtype, completeness, versions."""
-    from lab.activations.store import ActivationStore
-
     store = ActivationStore.open(path, verify=verify)
     if as_json:
         state = {

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import typer
 
+from lab.datasets.prompts import find_chat_template
+from lab.models.pair import load_pair
+
 __all__ = ["calibrate"]
 
 
@@ -42,11 +45,10 @@ def calibrate(
 ) -> None:
     """Probability mass on the valid outcomes, KL(true || model) over them, entropy, top-outcome
     share and (on the controls) ECE, for the base and the tuned model."""
+    # start-up cost (measured, see lab.cli): lab.calibration imports matplotlib
     from lab.calibration.calibrate import CalibrationConfig
     from lab.calibration.calibrate import calibrate as run_calibration
     from lab.calibration.summary import format_summary, plot_calibration, summarize
-    from lab.datasets.prompts import find_chat_template
-    from lab.models.pair import load_pair
 
     pair = load_pair(
         base,

@@ -8,23 +8,36 @@ of the repository, or ``$STEERLAB_DATA``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
 import typer
+
+from lab.cli.plant import plant_command, plant_suite_command, seeds_command
+from lab.errors import LabError
+from lab.models.checkpoints import organism_dir
+
+if TYPE_CHECKING:
+    from lab.organism.train import BaseConfig
+    from lab.organism.world import HMM
+    from lab.organism.worldfile import EdgeHMM
+
+__all__ = ["app", "evaluate", "train"]
 
 app = typer.Typer(help="The model organism: a world with ground truth, a base and an RLHF model.")
 
 _REPO = Path(__file__).resolve().parents[2]
 _RUNS = _REPO / "runs"
+_BASE_KEYS = ("excess_loss", "kl_to_world", "ece", "belief_probe_r2", "belief_probe_best_layer")
 
 
 def _shipped() -> Path:
     """The shipped organism's folder, read when a command runs ($STEERLAB_DATA may change)."""
-    from lab.models.checkpoints import organism_dir
-
     return organism_dir("")
 
 
@@ -72,13 +85,11 @@ def train(
 ) -> None:
     """Train world -> base -> reward model -> RLHF and write the folders with their cards
     (with --world, only a base model on that world)."""
-    import dataclasses
-
-    import torch
-
-    from lab.errors import LabError
+    # start-up cost (measured, see lab.cli): the organism loads when a command runs
     from lab.organism.pipeline import OrganismConfig, quick_config, train_organism
+    from lab.organism.story import story_world
     from lab.organism.train import deep_base_config
+    from lab.organism.worldfile import read_world
 
     for name, value in (("--steps", steps), ("--length", length)):
         if value is not None and value < 1:
@@ -98,10 +109,22 @@ def train(
     command = "lab organism train" + (" --quick" if quick else "") + f" --seed {seed}"
     command += "".join(f" --{k} {v}" for k, v in changes.items())
     if deep:
-        _train_deep(out, cfg.base, seed, command + " --deep", quick)
+        shipped = _shipped() / "deep"
+        out = out or (_RUNS / "deep-quick" if quick else shipped)
+        command += " --deep" + (f" --out {out}" if out.resolve() != shipped.resolve() else "")
+        _train_base(story_world(), out, cfg.base, seed, command, 64 if quick else 1024, "deep base")
+        typer.echo(f"Wrote {out}/base.")
         return
     if world is not None:
-        _train_world(world, out, cfg.base, seed, command, quick)
+        custom = read_world(world)  # validated before anything trains
+        out = out or _RUNS / f"world-{world.stem}{'-quick' if quick else ''}"
+        if out.resolve() == _shipped().resolve():
+            raise LabError(
+                f"--out {out} is the shipped organism's folder; give a custom world its own --out."
+            )
+        command += f" --world {world} --out {out}"
+        _train_base(custom, out, cfg.base, seed, command, 64 if quick else 512, "base")
+        typer.echo(f"Wrote {out}/base (a world file has no labeler: no reward model or RLHF).")
         return
     shipped = _shipped()
     out = out or (_RUNS / "organism-quick" if quick else shipped)
@@ -112,39 +135,16 @@ def train(
     typer.echo(f"Wrote {out}/base, rlhf, peak and reward.")
 
 
-def _train_deep(out: Path | None, cfg, seed: int, command: str, quick: bool) -> None:
+def _train_base(
+    world: HMM | EdgeHMM, out: Path, cfg: BaseConfig, seed: int, command: str, texts: int, name: str
+) -> None:
+    """Train only a base model on ``world`` into ``out/base`` (the deep base, or a custom
+    world's) and print its metrics on ``texts`` held-out texts, as ``name: key=value, ...``."""
+    # start-up cost (measured, see lab.cli): the organism loads when a command runs
     from lab.organism.pipeline import train_world_base
-    from lab.organism.story import story_world
 
-    out = out or (_RUNS / "deep-quick" if quick else _shipped() / "deep")
-    if out.resolve() != (_shipped() / "deep").resolve():
-        command += f" --out {out}"
-    metrics = train_world_base(
-        out, story_world(), cfg, seed=seed, texts=64 if quick else 1024, command=command
-    )
-    keys = ("excess_loss", "kl_to_world", "ece", "belief_probe_r2", "belief_probe_best_layer")
-    typer.echo("deep base: " + ", ".join(f"{k}={metrics[k]:.4g}" for k in keys))
-    typer.echo(f"Wrote {out}/base.")
-
-
-def _train_world(path: Path, out: Path | None, cfg, seed: int, command: str, quick: bool) -> None:
-    from lab.errors import LabError
-    from lab.organism.pipeline import train_world_base
-    from lab.organism.worldfile import read_world
-
-    world = read_world(path)  # validated before anything trains
-    out = out or _RUNS / f"world-{path.stem}{'-quick' if quick else ''}"
-    if out.resolve() == _shipped().resolve():
-        raise LabError(
-            f"--out {out} is the shipped organism's folder; give a custom world its own --out."
-        )
-    command += f" --world {path} --out {out}"
-    metrics = train_world_base(
-        out, world, cfg, seed=seed, texts=64 if quick else 512, command=command
-    )
-    keys = ("excess_loss", "kl_to_world", "ece", "belief_probe_r2", "belief_probe_best_layer")
-    typer.echo("base: " + ", ".join(f"{k}={metrics[k]:.4g}" for k in keys))
-    typer.echo(f"Wrote {out}/base (a world file has no labeler: no reward model or RLHF).")
+    metrics = train_world_base(out, world, cfg, seed=seed, texts=texts, command=command)
+    typer.echo(f"{name}: " + ", ".join(f"{k}={metrics[k]:.4g}" for k in _BASE_KEYS))
 
 
 @app.command("eval")
@@ -157,8 +157,7 @@ def evaluate(
     prompts: int = typer.Option(512, help="World prompts for behaviour metrics."),
 ) -> None:
     """Metrics of world, base, RLHF and pi* on held-out world data."""
-    import torch
-
+    # start-up cost (measured, see lab.cli): the organism loads when a command runs
     from lab.organism.evaluate import EvalConfig, evaluate_organism, load_organism
 
     torch.set_num_threads(1)
@@ -181,6 +180,7 @@ def _finite(obj):
 
 
 def _table(rows: dict[str, dict]) -> str:
+    # start-up cost (measured, see lab.cli): pandas loads when a table is printed
     import pandas as pd
 
     models = {k: v for k, v in rows.items() if k != "reward_model"}
@@ -192,12 +192,7 @@ def _table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _register_plant_commands() -> None:
-    from lab.cli.plant import plant_command, plant_suite_command, seeds_command
-
-    app.command("plant")(plant_command)
-    app.command("plant-suite")(plant_suite_command)
-    app.command("seeds")(seeds_command)
-
-
-_register_plant_commands()
+# after train and eval, so that `lab organism --help` lists them first
+app.command("plant")(plant_command)
+app.command("plant-suite")(plant_suite_command)
+app.command("seeds")(seeds_command)

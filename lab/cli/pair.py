@@ -6,6 +6,9 @@ import json
 
 import typer
 
+from lab.models.pair import load_pair
+from lab.models.summary import pair_summary
+
 __all__ = ["info", "print_summary"]
 
 
@@ -35,9 +38,6 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Print a pair's summary: architecture, sizes, parameters, hooks, weight change by layer."""
-    from lab.models.pair import load_pair
-    from lab.models.summary import pair_summary
-
     pair = load_pair(
         base,
         tuned,

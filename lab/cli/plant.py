@@ -9,7 +9,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
 import typer
+
+from lab.errors import LabError
+from lab.runtime import cache_dir
+
+__all__ = ["plant_command", "plant_suite_command", "seeds_command"]
 
 _QUICK = typer.Option(False, "--quick", help="Tiny budgets (tests): seconds per pair.")
 _BASE = typer.Option(None, "--base", help="Base model folder (default: organism/deep/base).")
@@ -30,10 +36,8 @@ def plant_command(
     threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
 ) -> None:
     """Drift every weight of a base, then RL with only the planted components trainable."""
-    import torch
-
+    # start-up cost (measured, see lab.cli): the organism loads when a command runs
     from lab.organism.plant import PlantConfig, plant, quick_plant_config
-    from lab.runtime import cache_dir
 
     torch.set_num_threads(threads)
     slug = components.replace(",", "_").replace(" ", "").replace(".", "")
@@ -61,12 +65,9 @@ def plant_suite_command(
     threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
 ) -> None:
     """Build every planted pair of the suite (skipping those already built)."""
-    import torch
-
-    from lab.errors import LabError
+    # start-up cost (measured, see lab.cli): the organism loads when a command runs
     from lab.organism.plant import PlantConfig, quick_plant_config
     from lab.organism.suite import SUITE, plant_suite
-    from lab.runtime import cache_dir
 
     if limit is not None and limit < 1:
         raise LabError(f"--limit must be at least 1; got {limit}.")
@@ -92,9 +93,7 @@ def seeds_command(
     threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
 ) -> None:
     """Rerun the shipped organism's RLHF once per seed (same base and reward model)."""
-    import torch
-
-    from lab.errors import LabError
+    # start-up cost (measured, see lab.cli): the organism loads when a command runs
     from lab.organism.suite import rlhf_seeds
 
     try:
