@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from lab.cli import run
+from lab.models.memory import count_parameters
 
 
 def test_info_prints_summary(pair_dirs, capsys):
@@ -41,16 +44,12 @@ def test_errors_are_one_line_with_nonzero_status(pair_dirs, capsys):
 
 
 def test_info_counts_parameters_like_the_checkpoint(pair_dirs, capsys):
-    from lab.models.memory import count_parameters
-
     base, tuned = pair_dirs("gpt2")
     assert run(["info", str(base), str(tuned), "--device", "cpu", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_params"] == count_parameters(base)
 
 
 def test_cuda_on_a_machine_without_it_is_one_line(pair_dirs, capsys, monkeypatch, tmp_path):
-    import torch
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     base, tuned = map(str, pair_dirs("gpt2"))
     capsys.readouterr()  # the tiny pair's making, when this test runs first

@@ -1,3 +1,5 @@
+"""`lab organism train` and `eval`: a quick organism trained and evaluated from the CLI."""
+
 import json
 
 from typer.testing import CliRunner
@@ -20,8 +22,8 @@ def test_train_quick_then_eval_json(tmp_path):
     assert {"world", "base", "rlhf", "pi_star", "reward_model"} <= set(rows)
     for name in ("world", "base", "rlhf", "pi_star"):
         assert all(k in rows[name] for k in KEYS), name
-    for name in ("base", "rlhf"):
-        assert rows[name]["belief_probe_r2"] is not None
+    for name in ("base", "rlhf"):  # a quick base decodes the world's belief well (0.83 at seed 3)
+        assert 0.5 < rows[name]["belief_probe_r2"] <= 1
         assert {"true_utility", "rm_score", "kl_to_base", "kl_to_pi_star"} <= set(rows[name])
     assert "held_out_accuracy" in rows["reward_model"]
     table = runner.invoke(app, ["eval", str(out), "--texts", "32", "--prompts", "32"])
