@@ -21,7 +21,7 @@ from lab.organism.metrics import scene_reach
 from lab.organism.story import SCENE_WORDS
 from lab.sweeps.context import SweepContext
 from lab.types import Tokens
-from probes.components.classify import ClassifyConfig, classify, departure, score_components
+from probes.components.classify import ClassifyConfig, classify, departure
 from probes.components.migration import top_steering
 from probes.patching.metrics import KLMetric, Metric, TokenSetProb
 from probes.patching.patch import PatchConfig, cross_model, patch_jointly
@@ -183,8 +183,7 @@ def classify_job(ctx: SweepContext, p: ClassifyParams) -> pd.DataFrame:
     if "next_token_probs" in ctx.dataset().targets:  # the organism: the world's exact truth
         reference = ctx.dataset().targets["next_token_probs"][: len(tokens)].log().clamp_min(-1e4)
     steering = {k: v for k, v in _metrics(ctx, tokens, p.attractor).items() if k != "kl_to_base"}
-    raw = score_components(ctx.pair(), tokens, reference=reference, steering=steering, config=cfg)
-    return classify(raw, cfg)
+    return classify(ctx.pair(), tokens, reference=reference, steering=steering, config=cfg)
 
 
 def _sites(table: pd.DataFrame) -> list[Site]:
