@@ -1,7 +1,9 @@
-"""Every notebook executes top to bottom (so they never rot), and none is committed with outputs."""
+"""Every notebook executes top to bottom (so they never rot) and computes what it says it does;
+none is committed with outputs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -10,18 +12,54 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
+# Per notebook: an expression over its variables (run in a cell appended to it) and a check of
+# its value. A notebook without an entry here fails: each one is checked by a number it computes.
+CHECKS = {
+    "01_tour": (
+        "reach",  # wedding-reach rate of each model's continuations (world: 0.10)
+        lambda reach: reach["tuned"] > 0.8 > 0.3 > reach["base"],
+    ),
+    "02_probes": (
+        "{m: float(table[(table.split == 'test') & table.selected & (table.metric == 'r2') &"
+        " (table.control == 'task') & (table.model == m)].value.max()) for m in ('base', 'tuned')}",
+        lambda r2: r2["base"] > 0.9 and r2["tuned"] > 0.8,  # belief is linearly decodable
+    ),
+    "03_patching_and_migration": (
+        "{'top': float(probes.top_steering(scores).value.iloc[0]), 'reach': reach,"
+        " 'report': open(path).read().count('<section id=')}",
+        lambda v: (
+            v["top"] > 0.3
+            and v["reach"]["tuned, top 5 from base"] < v["reach"]["tuned"] - 0.2
+            and v["report"] >= 3
+        ),  # headline, patching, migration (and the missing list)
+    ),
+    "04_your_checkpoints": (
+        "{'tables': sorted(p.name for p in out.glob('*.parquet')), 'report': path.exists(),"
+        " 'kv_heads': summary['n_kv_heads']}",
+        lambda v: (
+            {"patching.parquet", "classify.parquet"} <= set(v["tables"])
+            and v["report"]
+            and v["kv_heads"] == 2
+        ),
+    ),
+}
+
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, tmp_path):
+def test_notebook_runs_and_computes_its_result(path):
+    expression, check = CHECKS[path.stem]
     notebook = nbformat.read(path, as_version=4)
+    check_cell = f"import json\nprint(json.dumps({expression}))"
+    notebook.cells.append(nbformat.v4.new_code_cell(check_cell))
     NotebookClient(
         notebook,
         timeout=300,
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
-    ).execute()
-    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+    ).execute()  # raises on the first cell that fails
+    (printed,) = [o.text for o in notebook.cells[-1].outputs if o.output_type == "stream"]
+    value = json.loads(printed)
+    assert check(value), value
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
