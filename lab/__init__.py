@@ -2,15 +2,17 @@
 
 A notebook's five lines (with ``probes``, the analyses)::
 
-    org = lab.organism.load()                              # the shipped pair, its world, labeler
-    store = lab.cache_pair(org.pair, data, "resid_post", out=folder)        # activations to disk
-    fits = probes.fit_probes(store, ["belief"])            # a linear probe per layer and model
-    scores = probes.classify(org.pair, tokens)             # patching: who predicts, who steers
-    lab.report.build({"classify": scores, "probes": fits.table}, "report.html")
+    org = lab.organism.load()              # the shipped pair (org.pair), its world and labeler
+    data = lab.Dataset.from_organism(org.world.sample(256, org.length))   # exact targets
+    store = lab.cache_pair(org.pair, data, "resid_post", out="runs/store")  # activations
+    fits = probes.fit_probes(store, ["scene"])             # a linear probe per layer and model
+    scores = probes.classify(org.pair, data.tokens[:64])   # per component: predicts or steers?
+    lab.report.build({"classify": scores, "probes": fits.table}, "runs/report.html")
 
 ``lab.load_pair(base, tuned)`` loads any pair instead. The subpackages: ``models`` (loading,
-outputs, the KL family), ``datasets``, ``activations`` (hooks, caching, the store),
-``calibration``, ``organism``, ``report``, ``sweeps`` and ``cli``; see the README's Layout.
+outputs, the KL family), ``real`` (real pairs offline), ``datasets``, ``activations`` (hooks,
+caching, the store), ``calibration``, ``organism``, ``report``, ``sweeps`` and ``cli``; see the
+README's Layout.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lab.errors import LabError
 from lab.models.pair import ModelPair, PairConfig, load_pair
 
 if TYPE_CHECKING:
-    from lab import activations, calibration, datasets, models, organism, report, sweeps
+    from lab import activations, calibration, datasets, models, organism, real, report, sweeps
     from lab.activations import ActivationStore, cache_pair
     from lab.datasets import Dataset
 
@@ -39,11 +41,21 @@ __all__ = [
     "load_pair",
     "models",
     "organism",
+    "real",
     "report",
     "sweeps",
 ]
 
-_SUBPACKAGES = {"activations", "calibration", "datasets", "models", "organism", "report", "sweeps"}
+_SUBPACKAGES = {
+    "activations",
+    "calibration",
+    "datasets",
+    "models",
+    "organism",
+    "real",
+    "report",
+    "sweeps",
+}
 _NAMES = {
     "ActivationStore": "lab.activations",
     "cache_pair": "lab.activations",

@@ -50,7 +50,7 @@ def test_demo_prints_the_reports_headline(demo_run):
     assert printed.rstrip().endswith(f"summary: {out / 'summary.json'}")
     report = (out / "report.html").read_text()
     section = re.search(r'<section id="headline">(.*?)</section>', report, flags=re.S)[1]
-    assert section == found.html()
+    assert section == f"<h2>Headline</h2>{found.html()}"
     assert [c["component"] for c in found.top] == [
         c["component"] for c in json.loads((out / "summary.json").read_text())["top_steering"]
     ]
