@@ -5,7 +5,7 @@ map; ``sampling``: generation, with components patched from the other model.
 
 A notebook's lines (with ``lab``, which loads the pair and caches its activations)::
 
-    fits = probes.fit_probes(store, ["belief"])                 # a probe per layer and model
+    fits = probes.fit_probes(store, ["scene"])                  # a probe per layer and model
     kl = probes.KLMetric.to_model(pair.base, tokens, positions=range(tokens.shape[1]))
     table = probes.cross_model(pair, tokens, "z", kl, by_position=False)   # base heads -> tuned
     scores = probes.classify(pair, tokens)                      # prediction vs steering scores
