@@ -44,9 +44,9 @@ import transformer_lens.patching as tlp
 
 from lab.models.pair import load_pair
 from lab.testing import TEST_SPECS, TinySpec, make_checkpoint, make_pair
+from probes.patching import PatchConfig, cross_model, denoise, patch_jointly, sites_of
 from probes.patching.attribution import attribute, rank_correlation
 from probes.patching.metrics import KLMetric, LogitDiff, TokenSetProb
-from probes.patching import PatchConfig, cross_model, denoise, patch_jointly, sites_of
 from probes.patching.sites import Site
 
 GPT2_SMALL = TinySpec(
