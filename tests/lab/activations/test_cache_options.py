@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import lab.activations.cache_checks
+import lab.cli.cache
 from lab.activations.cache import cache_pair
 from lab.activations.store import ActivationStore
 from lab.cli import run
@@ -130,6 +131,7 @@ SLOW_CLI = """
 import sys, time
 import lab.activations.cache
 import lab.activations.cache_checks
+import lab.cli.cache
 real = lab.activations.cache.write_shard
 def slow(*args):  # slow enough that SIGINT lands mid-run
     time.sleep(0.2)
@@ -175,15 +177,13 @@ def test_ctrl_c_exits_130_saying_what_was_kept_then_resume_finishes(pair_dirs, t
 
 # ---- --trust-remote-code (item 6) --------------------------------------------------------------
 def test_cli_cache_passes_trust_remote_code(pair_dirs, tmp_path, capsys, monkeypatch):
-    import lab.models.pair
-
     seen = {}
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         raise LabError("stop here")
 
-    monkeypatch.setattr(lab.models.pair, "load_pair", spy)
+    monkeypatch.setattr(lab.cli.cache, "load_pair", spy)  # the name the command calls
     data = tmp_path / "p.txt"
     data.write_text("heads or tails")
     base, tuned = map(str, pair_dirs("gpt2"))

@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lab.cli.calibrate
+import lab.cli.pair
 from lab import LabError, load_pair
 from lab.cli import run
 from lab.models.checkpoints import data_dir
@@ -120,15 +122,14 @@ def test_remote_code_refusal_names_the_cli_flag(tmp_path, pair_dirs):
 
 @pytest.mark.parametrize("command", ["info", "calibrate"])
 def test_cli_commands_pass_trust_remote_code(monkeypatch, command):
-    import lab.models.pair
-
     seen = {}
 
     def fake_load_pair(base, tuned, **kw):
         seen.update(kw)
         raise LabError("stop here")
 
-    monkeypatch.setattr(lab.models.pair, "load_pair", fake_load_pair)
+    module = {"info": lab.cli.pair, "calibrate": lab.cli.calibrate}[command]
+    monkeypatch.setattr(module, "load_pair", fake_load_pair)  # the name the command calls
     assert run([command, "a", "b", "--trust-remote-code"]) == 1
     assert seen["trust_remote_code"] is True
     assert run([command, "a", "b"]) == 1
