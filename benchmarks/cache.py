@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from benchmarks.common import print_figures
 from lab.activations.cache import cache_pair
 from lab.activations.store import ActivationStore
 from lab.datasets.dataset import Dataset
@@ -305,11 +306,7 @@ def main() -> None:
         if args.workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
     figures["wall_s"] = round(time.perf_counter() - t0, 1)
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for k, v in figures.items():
-            print(f"{k:<24} {v}")
+    print_figures(figures, args.json, width=24)
 
 
 if __name__ == "__main__":

@@ -33,13 +33,13 @@ this run's wall time, building included.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -52,6 +52,7 @@ import torch
 from scipy.stats import spearmanr
 from transformers import GPT2LMHeadModel
 
+from benchmarks.common import benchmark_parser
 from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
 from lab.models.pair import load_pair
 from lab.organism.localization import (
@@ -78,17 +79,19 @@ from probes.components.scores import (
 )
 
 DECIDES = METRICS[0]  # the attractor's probability
-# The suite on the shipped 2-layer base, when the deep base is absent (the same shapes of set).
-SMALL_SUITE = (
-    PlantedSpec("one-head", "L1H3", 0),
-    PlantedSpec("one-mlp", "L1 MLP", 1),
-    PlantedSpec("two-heads", "L0H1,L1H2", 2),
-    PlantedSpec("head-mlp", "L0H2,L1 MLP", 3),
-    PlantedSpec("early", "L0H0,L0H3", 4),
-    PlantedSpec("late", "L1H0,L1H1", 5),
-    PlantedSpec("three", "L0H1,L1H3,L0 MLP", 6),
-    PlantedSpec("four-heads", "L0H2,L0H3,L1H0,L1H2", 7),
-)
+# The suite on the shipped 2-layer base, when the deep base is absent: the suite's names and
+# seeds, with the same shapes of set on the base's two layers.
+SMALL_SETS = {
+    "one-head": "L1H3",
+    "one-mlp": "L1 MLP",
+    "two-heads": "L0H1,L1H2",
+    "head-mlp": "L0H2,L1 MLP",
+    "early": "L0H0,L0H3",
+    "late": "L1H0,L1H1",
+    "three": "L0H1,L1H3,L0 MLP",
+    "four-heads": "L0H2,L0H3,L1H0,L1H2",
+}
+SMALL_SUITE = tuple(replace(spec, components=SMALL_SETS[spec.name]) for spec in SUITE)
 # --quick: four pairs (one head, one MLP, a head and an MLP, a set of three), shorter training.
 QUICK_NAMES = ("one-head", "one-mlp", "head-mlp", "three")
 QUICK_PLANT = PlantConfig(
@@ -237,11 +240,9 @@ def seed_stability(folders: list[Path], quick: bool, n_texts: int, device: str) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="four smaller pairs, under five minutes")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap = benchmark_parser(
+        __doc__, quick="four smaller pairs, under five minutes", threads="torch threads"
+    )
     ap.add_argument("--base", type=Path, default=None, help="base to plant in (default: deep)")
     ap.add_argument("--no-seeds", action="store_true", help="skip the seed-stability reruns")
     args = ap.parse_args()

@@ -25,7 +25,6 @@ stands in, and the report says so).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -42,6 +41,7 @@ import pandas as pd
 import torch
 import transformer_lens.patching as tlp
 
+from benchmarks.common import benchmark_parser
 from lab.models.pair import load_pair
 from lab.testing import TEST_SPECS, TinySpec, make_checkpoint, make_pair
 from probes.patching import PatchConfig, cross_model, denoise, patch_jointly, sites_of
@@ -287,11 +287,9 @@ def _rows(table: pd.DataFrame) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a subset of sites, under two minutes")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
+    ap = benchmark_parser(
+        __doc__, quick="a subset of sites, under two minutes", threads="torch threads (both sides)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -30,7 +30,6 @@ there.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -47,6 +46,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from transformers import GPT2Config, GPT2Model
 
+from benchmarks.common import print_figures
 from probes.linear.kinds import fit_linear, get_kind, score_map
 from probes.linear.logistic import logistic_objective
 from probes.linear.solvers import SolverConfig
@@ -384,11 +384,7 @@ def main() -> None:
         }
     if args.organism:
         report["organism"] = organism_report(args.organism, args.out, args.value_rollouts)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:36s} {value}")
+    print_figures(report, args.json, width=36)
 
 
 if __name__ == "__main__":
