@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,14 +35,14 @@ from lab.calibration.calibrate import CalibrationConfig, calibrate
 from lab.models.pair import load_pair
 from lab.testing import TinySpec, make_pair
 
+# The real models' shapes below, each at a 1024-token context.
+_REAL = partial(TinySpec, n_ctx=1024)
 # name -> shape of the random pair (real models' shapes where named after them)
 PRESETS: dict[str, TinySpec] = {
     "tiny": TinySpec(arch="gpt2"),
     "organism": TinySpec(arch="gpt2", d_model=64, n_layers=2, n_heads=4, n_ctx=256),
-    "gpt2-small": TinySpec(
-        arch="gpt2", vocab_size=50257, d_model=768, n_layers=12, n_heads=12, n_ctx=1024
-    ),
-    "qwen2.5-0.5b": TinySpec(
+    "gpt2-small": _REAL(arch="gpt2", vocab_size=50257, d_model=768, n_layers=12, n_heads=12),
+    "qwen2.5-0.5b": _REAL(
         arch="qwen2",
         vocab_size=151936,
         d_model=896,
@@ -49,16 +50,9 @@ PRESETS: dict[str, TinySpec] = {
         n_heads=14,
         n_kv_heads=2,
         d_mlp=4864,
-        n_ctx=1024,
     ),
-    "olmo2-1b": TinySpec(
-        arch="olmo2",
-        vocab_size=100352,
-        d_model=2048,
-        n_layers=16,
-        n_heads=16,
-        d_mlp=8192,
-        n_ctx=1024,
+    "olmo2-1b": _REAL(
+        arch="olmo2", vocab_size=100352, d_model=2048, n_layers=16, n_heads=16, d_mlp=8192
     ),
 }
 
