@@ -29,6 +29,8 @@ from lab.organism.tokenizer import BOS, word_tokenizer
 __all__ = ["HMM", "Forward", "WorldSample", "categorical"]
 
 _ATOL = 1e-6
+# The float64 matrices of an HMM, as ``to_dict`` writes them and ``from_dict`` reads them.
+_MATRICES = ("transition", "emission", "initial")
 
 
 def _check_stochastic(name: str, matrix: Tensor) -> None:
@@ -215,21 +217,16 @@ class HMM:
 
     # ---- sampling --------------------------------------------------------------------------
     def sample(
-        self,
-        n: int,
-        length: int,
-        generator: torch.Generator | None = None,
-        *,
-        prompts: Int[Tensor, "batch prompt"] | None = None,
-        transition: Float[Tensor, "scene scene"] | None = None,
+        self, n: int, length: int, generator: torch.Generator | None = None, **options
     ) -> WorldSample:
         """Draw ``n`` sequences of ``length`` words after BOS, with exact inference attached.
 
-        Shape ``(n, length + 1)``. With ``prompts`` (BOS-first, ``n`` rows), the words continue
-        each prompt from its exact belief state up to ``length`` words in total. ``transition``
-        optionally replaces the scene chain for the sampled words (e.g. a noisier chain).
+        Shape ``(n, length + 1)``. ``options`` are ``draw``'s keyword options: with ``prompts``
+        (BOS-first, ``n`` rows), the words continue each prompt from its exact belief state up
+        to ``length`` words in total; ``transition`` optionally replaces the scene chain for the
+        sampled words (e.g. a noisier chain).
         """
-        tokens, scenes = self.draw(n, length, generator, prompts=prompts, transition=transition)
+        tokens, scenes = self.draw(n, length, generator, **options)
         return WorldSample(tokens=tokens, scenes=scenes, forward=self.forward(tokens))
 
     def draw(
@@ -274,20 +271,13 @@ class HMM:
         return {
             "scenes": list(self.scenes),
             "words": list(self.words),
-            "transition": self.transition.tolist(),
-            "emission": self.emission.tolist(),
-            "initial": self.initial.tolist(),
+            **{k: getattr(self, k).tolist() for k in _MATRICES},
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> HMM:
-        return cls(
-            transition=torch.tensor(d["transition"], dtype=torch.float64),
-            emission=torch.tensor(d["emission"], dtype=torch.float64),
-            initial=torch.tensor(d["initial"], dtype=torch.float64),
-            scenes=tuple(d["scenes"]),
-            words=tuple(d["words"]),
-        )
+        matrices = {k: torch.tensor(d[k], dtype=torch.float64) for k in _MATRICES}
+        return cls(**matrices, scenes=tuple(d["scenes"]), words=tuple(d["words"]))
 
     def tokenizer(self) -> PreTrainedTokenizerFast:
         """A HF fast tokenizer whose ids match the world's tokens (``word_tokenizer``)."""
