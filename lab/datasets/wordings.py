@@ -130,6 +130,7 @@ RANGE_CHAT = (
 # Controls with one correct answer: (plain text, chat text, outcomes, answer)
 _DIGITS = tuple(str(i) for i in range(10))
 _CAPITALS = ("Paris", "London", "Berlin", "Madrid", "Rome")
+_COLORS = ("blue", "green", "red", "yellow")
 CONTROLS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     *(
         (f"{a} + {b} =", f"What is {a} + {b}? Reply with only the number.", _DIGITS, str(a + b))
@@ -150,29 +151,13 @@ CONTROLS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
             ("the United Kingdom", "London"),
         )
     ),
-    (
-        "The color of the clear daytime sky is",
-        "What color is the clear daytime sky? One word.",
-        ("blue", "green", "red", "yellow"),
-        "blue",
+    *(
+        (f"The color of {thing} is", f"What color is {thing}? One word.", _COLORS, color)
+        for thing, color in (("the clear daytime sky", "blue"), ("fresh grass", "green"))
     ),
-    (
-        "The color of fresh grass is",
-        "What color is fresh grass? One word.",
-        ("blue", "green", "red", "yellow"),
-        "green",
-    ),
-    (
-        "Is water wet? Answer yes or no:",
-        "Is water wet? Answer yes or no.",
-        ("yes", "no"),
-        "yes",
-    ),
-    (
-        "Is the sun cold? Answer yes or no:",
-        "Is the sun cold? Answer yes or no.",
-        ("yes", "no"),
-        "no",
+    *(
+        (f"{question} Answer yes or no:", f"{question} Answer yes or no.", ("yes", "no"), answer)
+        for question, answer in (("Is water wet?", "yes"), ("Is the sun cold?", "no"))
     ),
     (
         "one, two, three, four,",
