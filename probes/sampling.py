@@ -16,52 +16,16 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Bool
 from torch import Tensor
 
-from lab.errors import LabError
+from lab.models.sampling import emittable, recompute
+from lab.models.sampling import sample as sample_tokens
 from lab.runtime import device_of
 from lab.types import Tokens
 from probes.patching.checks import check_eval
 from probes.patching.sites import Site, patching_hooks
 
-__all__ = ["emittable", "sample"]
-
-
-def emittable(
-    model: Any, vocab: int, allowed: Collection[int] | Tensor | None = None
-) -> Bool[Tensor, " vocab"]:
-    """The tokens that ``sample`` may draw from a model with ``vocab`` logits.
-
-    ``allowed`` given: exactly those token ids (or that boolean mask over the vocabulary).
-    Otherwise every id except the special tokens of ``model.tokenizer`` (BOS, EOS, padding,
-    unknown, ...) and the ids beyond the tokenizer's length; all ids when the model has no
-    tokenizer.
-    """
-    if allowed is not None:
-        given = torch.as_tensor(allowed if isinstance(allowed, Tensor) else list(allowed))
-        if given.dtype == torch.bool:
-            if given.shape != (vocab,):
-                raise LabError(
-                    f"allowed is a mask of shape {tuple(given.shape)}; give one of shape ({vocab},)"
-                )
-            mask = given.clone()
-        else:
-            ids = given.long().reshape(-1)
-            if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
-                raise LabError(f"allowed has token ids outside 0..{vocab - 1}; drop them.")
-            mask = torch.zeros(vocab, dtype=torch.bool)
-            mask[ids] = True
-    else:
-        mask = torch.ones(vocab, dtype=torch.bool)
-        tokenizer = getattr(model, "tokenizer", None)
-        if tokenizer is not None:
-            mask[min(len(tokenizer), vocab) :] = False
-            special = [i for i in tokenizer.all_special_ids if i is not None and 0 <= i < vocab]
-            mask[special] = False
-    if not mask.any():
-        raise LabError("No token is allowed to be sampled; allow at least one token id.")
-    return mask
+__all__ = ["sample"]
 
 
 @torch.inference_mode()
@@ -75,7 +39,8 @@ def sample(
     sites: Sequence[Site] = (),
     allowed: Collection[int] | Tensor | None = None,
 ) -> Tokens:
-    """Continue ``prompts`` by ``n_new`` sampled tokens (temperature 1, full recompute per step).
+    """Continue ``prompts`` by ``n_new`` sampled tokens with the one sampler
+    (``lab.models.sampling.sample``: temperature 1, full recompute per step).
 
     With ``source`` and ``sites``, every step runs ``source`` on the same prefix and patches its
     activations at ``sites`` into ``model`` before the next token is drawn. Draws come from the
@@ -83,19 +48,14 @@ def sample(
     special token of the tokenizer (a world's BOS never appears mid-sequence).
     """
     check_eval(model, *([source] if source is not None else []))
-    tokens = prompts.to(device_of(model))
     hooks = sorted({s.hook for s in sites})
-    mask: Tensor | None = None
-    for _ in range(n_new):
+
+    def run(tokens: Tokens) -> Tensor:
         if source is not None and sites:
             _, cache = source.run_with_cache(tokens, names_filter=lambda n: n in hooks)
-            logits = model.run_with_hooks(tokens, fwd_hooks=patching_hooks(sites, cache))
-        else:
-            logits = model(tokens)
-        last = logits[:, -1].float().cpu()
-        if mask is None:
-            mask = emittable(model, last.shape[-1], allowed)
-        probs = last.masked_fill(~mask, -torch.inf).softmax(-1)
-        nxt = torch.multinomial(probs, 1, generator=generator).to(tokens.device)
-        tokens = torch.cat([tokens, nxt], dim=1)
-    return tokens.cpu()
+            return model.run_with_hooks(tokens, fwd_hooks=patching_hooks(sites, cache)).float()
+        return model(tokens).float()
+
+    tokens = prompts.to(device_of(model))
+    mask = lambda vocab: emittable(model, vocab, allowed)  # noqa: E731  (the logits' width)
+    return sample_tokens(recompute(run), tokens, n_new, generator, mask=mask).cpu()

@@ -21,14 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from lab.errors import LabError
 from lab.models.outputs import kl_per_token, model_logprobs
+from lab.models.sampling import recompute, sample
 from lab.organism.bayes import PiStar
 from lab.organism.labeler import Labeler
-from lab.organism.world import HMM, categorical
+from lab.organism.world import HMM
 
 __all__ = [
     "Policy",
@@ -37,6 +38,7 @@ __all__ = [
     "ece",
     "entropy",
     "generation_metrics",
+    "never_bos",
     "prediction_metrics",
     "scene_reach",
     "without_bos",
@@ -51,17 +53,22 @@ class Policy:
     sample: Callable[[Tensor, int, torch.Generator | None], Tensor]  # prompts, words, gen
 
 
-def _model_sample(model: torch.nn.Module) -> Callable:
-    @torch.no_grad()
-    def sample(prompts: Tensor, length: int, generator: torch.Generator | None) -> Tensor:
-        tokens = prompts.clone()
-        for _ in range(prompts.shape[1], length + 1):
-            logp = without_bos(model_logprobs(model, tokens)[:, -1:])[:, 0]
-            nxt = categorical(logp.softmax(-1).cumsum(-1), generator)
-            tokens = torch.cat([tokens, nxt[:, None]], 1)
-        return tokens
+def never_bos(vocab: int) -> Bool[Tensor, " vocab"]:
+    """Every word but BOS (token 0), which never appears inside a world sequence."""
+    mask = torch.ones(vocab, dtype=torch.bool)
+    mask[0] = False
+    return mask
 
-    return sample
+
+def _model_sample(model: torch.nn.Module) -> Callable:
+    """The one sampler, recomputing the model's float64 log-probs on the whole prefix."""
+
+    @torch.no_grad()
+    def draw(prompts: Tensor, length: int, generator: torch.Generator | None) -> Tensor:
+        step = recompute(lambda t: model_logprobs(model, t))
+        return sample(step, prompts, length + 1 - prompts.shape[1], generator, mask=never_bos)
+
+    return draw
 
 
 def as_policy(obj: HMM | PiStar | torch.nn.Module) -> Policy:

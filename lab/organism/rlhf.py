@@ -11,7 +11,6 @@ gradient of that objective; the baseline of each sample is the mean return of th
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,8 +20,10 @@ from tqdm.auto import tqdm
 from transformers import GPT2LMHeadModel
 
 from lab.errors import LabError
+from lab.models.sampling import kv_cached, sample
+from lab.organism.metrics import never_bos
 from lab.organism.reward import RewardModel
-from lab.organism.world import HMM, categorical
+from lab.organism.world import HMM
 
 __all__ = ["RLHFConfig", "continuation_logprobs", "sample_continuations", "train_rlhf"]
 
@@ -40,28 +41,14 @@ class RLHFConfig:
     log_every: int = 20  # steps between points of the logged curve
 
 
-def _cache_kwarg(model: GPT2LMHeadModel) -> str:
-    """transformers >= 5.2x names the KV cache ``cache``; older releases ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 @torch.no_grad()
 def sample_continuations(
     model: GPT2LMHeadModel, prompts: Tensor, length: int, generator: torch.Generator | None
 ) -> Tensor:
-    """Continue BOS-first prompts to ``length`` words by ancestral sampling (KV cache)."""
-    key = _cache_kwarg(model)
-    tokens = prompts
-    out = model(prompts, attention_mask=torch.ones_like(prompts), use_cache=True)
-    for t in range(prompts.shape[1], length + 1):
-        logp = out.logits[:, -1].float().log_softmax(-1)
-        logp[:, 0] = -torch.inf  # BOS never appears inside a sequence
-        nxt = categorical(logp.exp().cumsum(-1), generator)[:, None]
-        tokens = torch.cat([tokens, nxt], 1)
-        if t < length:
-            kwargs = {key: out[key], "attention_mask": torch.ones_like(tokens), "use_cache": True}
-            out = model(nxt, **kwargs)
-    return tokens
+    """Continue BOS-first prompts to ``length`` words by ancestral sampling (the one sampler with
+    the model's KV cache); BOS never appears inside a sequence."""
+    n_new = length + 1 - prompts.shape[1]
+    return sample(kv_cached(model), prompts, n_new, generator, mask=never_bos)
 
 
 def continuation_logprobs(model: GPT2LMHeadModel, tokens: Tensor, start: int) -> Tensor:

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from lab import LabError, load_pair
+from lab.models.sampling import emittable
 from lab.organism.story import story_world
 from lab.sweeps import sweep
-from probes.sampling import emittable, sample
+from probes.sampling import sample
 
 
 class _BosLover(torch.nn.Module):
