@@ -26,7 +26,7 @@ Labels (prediction-like, steering-like, both, neither) use thresholds from ``Cla
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,7 @@ from probes.patching.units import SITE_UNITS
 
 __all__ = [
     "ClassifyConfig",
+    "ScoreOptions",
     "classify",
     "classify_scores",
     "component_name",
@@ -184,18 +185,19 @@ def _interval(boots: np.ndarray, ci: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def classify(
-    pair: Any,
-    tokens: Tokens,
-    *,
-    reference: Float[Tensor, "batch pos vocab"] | None = None,
-    steering: dict[str, Metric] | None = None,
-    config: ClassifyConfig | None = None,
-) -> pd.DataFrame:
+class ScoreOptions(TypedDict, total=False):
+    """The keyword options of ``score_components``, which ``classify`` passes on as they are."""
+
+    reference: Float[Tensor, "batch pos vocab"] | None
+    steering: dict[str, Metric] | None
+    config: ClassifyConfig | None
+
+
+def classify(pair: Any, tokens: Tokens, **options: Unpack[ScoreOptions]) -> pd.DataFrame:
     """Every head and MLP of ``pair`` scored and labelled in one call: ``score_components`` on
-    ``tokens`` (``reference``, ``steering``: as there), then ``classify_scores``."""
-    raw = score_components(pair, tokens, reference=reference, steering=steering, config=config)
-    return classify_scores(raw, config)
+    ``tokens`` (``reference``, ``steering``, ``config``: as there), then ``classify_scores``."""
+    raw = score_components(pair, tokens, **options)
+    return classify_scores(raw, options.get("config"))
 
 
 def classify_scores(raw: pd.DataFrame, config: ClassifyConfig | None = None) -> pd.DataFrame:

@@ -12,16 +12,19 @@ from transformers import AutoModelForCausalLM
 
 from lab import LabError, load_pair
 from lab.testing import make_checkpoint
-from probes.components import migration
-from probes.components.classify import (
+from probes.components import (
     ClassifyConfig,
     classify,
     classify_scores,
     component_sites,
     departure,
+    layer_summary,
+    migration,
+    migration_map,
+    migration_table,
     score_components,
+    top_steering,
 )
-from probes.components.migration import layer_summary, migration_map, migration_table, top_steering
 from probes.patching.metrics import KLMetric
 from probes.patching.patch import cross_model
 from probes.patching.sites import Site
