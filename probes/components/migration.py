@@ -108,6 +108,12 @@ def departure_note(row: Any) -> str:
     )
 
 
+def _label(ax: Any, rows: pd.DataFrame, x: str, y: str) -> None:
+    """Each row's component name beside its point (columns ``x``, ``y``) on a map."""
+    for component, px, py in zip(rows["component"], rows[x], rows[y], strict=True):
+        ax.annotate(component, (px, py), textcoords="offset points", xytext=(5, 4), fontsize=9)
+
+
 def migration_map(
     scores: pd.DataFrame, *, metric: str = "kl_to_base", n_labels: int = 6, title: str = ""
 ) -> Figure:
@@ -134,14 +140,7 @@ def migration_map(
         ax.scatter(
             part.pred_tuned, part.steer_tuned, color=colors[kind], s=40, label=f"{kind} in tuned"
         )
-    for r in t.nlargest(n_labels, "moved").itertuples():
-        ax.annotate(
-            r.component,
-            (r.pred_tuned, r.steer_tuned),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=9,
-        )
+    _label(ax, t.nlargest(n_labels, "moved"), "pred_tuned", "steer_tuned")
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xlabel("prediction score: extra KL to the truth when ablated (nats/token)")
     ax.set_ylabel(f"steering score: share of departure ({metric})")
@@ -230,14 +229,7 @@ def locus_map(
     for kind, part in t.groupby("kind"):
         ax.scatter(part.mediation, part.locus, color=colors.get(kind, "tab:gray"), s=40, label=kind)
     score = np.maximum(t.locus.abs(), t.mediation.abs())
-    for r in t.loc[score.nlargest(n_labels).index].itertuples():
-        ax.annotate(
-            r.component,
-            (r.mediation, r.locus),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=9,
-        )
+    _label(ax, t.loc[score.nlargest(n_labels).index], "mediation", "locus")
     finite = np.concatenate([t.locus.to_numpy(float), t.mediation.to_numpy(float), [0.0, 1.0]])
     lo, hi = float(np.nanmin(finite)), float(np.nanmax(finite))
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.7, ls="--")
