@@ -49,6 +49,15 @@ def _heatmap(grid: pd.DataFrame, xlabel: str, title: str, labels: list[str] | No
     return fig
 
 
+def _sweep_heatmap(
+    table: pd.DataFrame, column: str, value: str, metric: str | None, labels: list[str] | None
+) -> Figure:
+    """Layer by ``column`` of one sweep's table, titled by its site kinds."""
+    grid = _grid(table, column, value, metric)
+    kind = ", ".join(table["site"].unique())
+    return _heatmap(grid, column, f"{kind}: {value}", labels)
+
+
 def layer_position_heatmap(
     table: pd.DataFrame,
     *,
@@ -57,18 +66,14 @@ def layer_position_heatmap(
     tokens: list[str] | None = None,
 ) -> Figure:
     """Layer by position (e.g. a resid_pre sweep), coloured by ``value``; ``tokens`` label x."""
-    grid = _grid(table, "position", value, metric)
-    kind = ", ".join(table["site"].unique())
-    return _heatmap(grid, "position", f"{kind}: {value}", tokens)
+    return _sweep_heatmap(table, "position", value, metric, tokens)
 
 
 def layer_head_heatmap(
     table: pd.DataFrame, *, value: str = "share", metric: str | None = None
 ) -> Figure:
     """Layer by head (e.g. a head-output sweep over all positions), coloured by ``value``."""
-    grid = _grid(table, "head", value, metric)
-    kind = ", ".join(table["site"].unique())
-    return _heatmap(grid, "head", f"{kind}: {value}", None)
+    return _sweep_heatmap(table, "head", value, metric, None)
 
 
 def component_heatmap(
