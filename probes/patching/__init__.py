@@ -11,37 +11,24 @@ A notebook's five lines::
 The engine that makes it fast (``probes.patching._engine``) is private.
 """
 
+from probes.patching import metrics
 from probes.patching.attribution import attribute, rank_correlation
 from probes.patching.heatmaps import component_heatmap, layer_head_heatmap, layer_position_heatmap
-from probes.patching.metrics import (
-    FnMetric,
-    HookMetric,
-    KLMetric,
-    LogitDiff,
-    LogProb,
-    Metric,
-    TokenSetProb,
-)
+from probes.patching.metrics import *  # noqa: F403 (metrics.__all__, re-exported below)
 from probes.patching.patch import PatchConfig, cross_model, denoise, noise, patch, patch_jointly
 from probes.patching.sites import SITE_KINDS, Site, enumerate_sites
 from probes.patching.swap import SwapConfig, swap_components
 from probes.patching.table import COLUMNS, sites_of, to_grid
 from probes.patching.units import Component, component_name
 
-__all__ = [
+__all__ = [  # every metric, then the rest
+    *metrics.__all__,
     "COLUMNS",
     "SITE_KINDS",
     "Component",
-    "FnMetric",
-    "HookMetric",
-    "KLMetric",
-    "LogProb",
-    "LogitDiff",
-    "Metric",
     "PatchConfig",
     "Site",
     "SwapConfig",
-    "TokenSetProb",
     "attribute",
     "component_heatmap",
     "component_name",
