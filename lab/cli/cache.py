@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 
 from lab.activations import ActivationStore, CacheInterrupted, cache_pair, check_options
+from lab.cli.pair import load_cli_pair
 from lab.datasets.dataset import Dataset
 from lab.errors import LabError
-from lab.models.pair import load_pair
 from lab.runtime import resolve_device, resolve_dtype
 
 __all__ = ["cache", "store_app", "store_info"]
@@ -63,14 +63,7 @@ def cache(
     if not data.is_file():
         raise LabError(f"No data file at {data} (--data); give a .jsonl or a text file.")
     try:
-        pair = load_pair(
-            base,
-            tuned,
-            device=device,
-            dtype=dtype,
-            allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code,
-        )
+        pair = load_cli_pair(base, tuned, device, dtype, allow_pickle, trust_remote_code)
         loader = LOADERS.get(data.suffix, _text)
         dataset = loader(data, pair.tokenizer, seq_len, text_field)
         store = cache_pair(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
+from lab.cli.pair import load_cli_pair
 from lab.datasets.prompts import find_chat_template
-from lab.models.pair import load_pair
 
 __all__ = ["calibrate"]
 
@@ -50,14 +50,7 @@ def calibrate(
     from lab.calibration.calibrate import calibrate as run_calibration
     from lab.calibration.summary import format_summary, plot_calibration, summarize
 
-    pair = load_pair(
-        base,
-        tuned,
-        device=device,
-        dtype=dtype,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-    )
+    pair = load_cli_pair(base, tuned, device, dtype, allow_pickle, trust_remote_code)
     if not prompts:
         prompts = ["calibration"]
         if find_chat_template(pair)[0] is not None:

@@ -6,10 +6,31 @@ import json
 
 import typer
 
-from lab.models.pair import load_pair
+from lab.models.pair import ModelPair, load_pair
 from lab.models.summary import pair_summary
 
-__all__ = ["info", "print_summary"]
+__all__ = ["info", "load_cli_pair", "print_summary"]
+
+
+def load_cli_pair(
+    base: str,
+    tuned: str,
+    device: str | None,
+    dtype: str | None,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    compat: bool = False,
+) -> ModelPair:
+    """The pair a command names, loaded with the checkpoint options every command takes."""
+    return load_pair(
+        base,
+        tuned,
+        device=device,
+        dtype=dtype,
+        compat=compat,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
 
 
 def print_summary(summary: dict) -> None:
@@ -38,15 +59,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Print a pair's summary: architecture, sizes, parameters, hooks, weight change by layer."""
-    pair = load_pair(
-        base,
-        tuned,
-        device=device,
-        dtype=dtype,
-        compat=compat,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-    )
+    pair = load_cli_pair(base, tuned, device, dtype, allow_pickle, trust_remote_code, compat)
     summary = pair_summary(pair)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

@@ -26,8 +26,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lab.errors import LabError
+from lab.models.sampling import categorical
 from lab.organism.labeler import Labeler
-from lab.organism.world import HMM, categorical
+from lab.organism.world import HMM
 
 __all__ = ["PiStar"]
 

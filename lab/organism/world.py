@@ -24,9 +24,10 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerFast
 
 from lab.errors import LabError
+from lab.models.sampling import categorical
 from lab.organism.tokenizer import BOS, word_tokenizer
 
-__all__ = ["HMM", "Forward", "WorldSample", "categorical"]
+__all__ = ["HMM", "Forward", "WorldSample"]
 
 _ATOL = 1e-6
 # The float64 matrices of an HMM, as ``to_dict`` writes them and ``from_dict`` reads them.
@@ -45,12 +46,6 @@ def _check_stochastic(name: str, matrix: Tensor) -> None:
             f"HMM {name} rows must sum to 1 (row {bad} sums to {sums.reshape(-1)[bad]:.6f}); "
             "normalise it, e.g. matrix / matrix.sum(-1, keepdim=True)."
         )
-
-
-def categorical(cdf: Float[Tensor, "batch k"], generator: torch.Generator | None) -> Tensor:
-    """One draw per row from rows of cumulative probabilities (inverse CDF)."""
-    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
-    return (cdf < u).sum(-1).clamp(max=cdf.shape[1] - 1)
 
 
 @dataclass(frozen=True)

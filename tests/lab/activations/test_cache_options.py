@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import lab.activations.cache_checks
-import lab.cli.cache
+import lab.cli.pair
 from lab.activations.cache import cache_pair
 from lab.activations.store import ActivationStore
 from lab.cli import run
@@ -131,7 +131,7 @@ SLOW_CLI = """
 import sys, time
 import lab.activations.cache
 import lab.activations.cache_checks
-import lab.cli.cache
+import lab.cli.pair
 real = lab.activations.cache.write_shard
 def slow(*args):  # slow enough that SIGINT lands mid-run
     time.sleep(0.2)
@@ -183,7 +183,7 @@ def test_cli_cache_passes_trust_remote_code(pair_dirs, tmp_path, capsys, monkeyp
         seen.update(kwargs)
         raise LabError("stop here")
 
-    monkeypatch.setattr(lab.cli.cache, "load_pair", spy)  # the name the command calls
+    monkeypatch.setattr(lab.cli.pair, "load_pair", spy)  # what every command calls
     data = tmp_path / "p.txt"
     data.write_text("heads or tails")
     base, tuned = map(str, pair_dirs("gpt2"))

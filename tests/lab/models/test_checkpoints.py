@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import lab.cli.calibrate
 import lab.cli.pair
 from lab import LabError, load_pair
 from lab.cli import run
@@ -128,8 +127,7 @@ def test_cli_commands_pass_trust_remote_code(monkeypatch, command):
         seen.update(kw)
         raise LabError("stop here")
 
-    module = {"info": lab.cli.pair, "calibrate": lab.cli.calibrate}[command]
-    monkeypatch.setattr(module, "load_pair", fake_load_pair)  # the name the command calls
+    monkeypatch.setattr(lab.cli.pair, "load_pair", fake_load_pair)  # what every command calls
     assert run([command, "a", "b", "--trust-remote-code"]) == 1
     assert seen["trust_remote_code"] is True
     assert run([command, "a", "b"]) == 1
