@@ -91,6 +91,8 @@ class SweepConfig:
     jobs: list[Job]  # expanded, in config order (jobs[i].index == i)
     raw: dict[str, Any] = field(repr=False)  # the config as read, written next to the results
     order: list[int] = field(default_factory=list)  # job indices in dependency order
+    executor: str = "local"  # a key of lab.sweeps.executors.EXECUTORS; options in raw["run"]
+    max_retries: int = 2  # times a failed job is submitted again before the sweep fails
 
     def job(self, job_id: str) -> Job:
         """The job with this id."""

@@ -1,5 +1,6 @@
-"""Running a sweep's job graph: finished jobs skipped, stale results reported and redone, and
-each analysis's top-level table rewritten as its jobs finish.
+"""A sweep's run folder and jobs: finished jobs skipped, stale results reported and redone, each
+job's table written by the job, and each analysis's top-level table rewritten as its jobs finish
+(``lab.sweeps.driver`` schedules the jobs on an executor).
 
 A job's table goes to ``results/<kind>/<job id>.parquet``, next to a record (``.json``) of what
 it was computed from. The id hashes that record, so a table on disk under the current id is this
@@ -21,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from lab.sweeps.analyses.registry import ANALYSES, build_dataset
+from lab.sweeps.analyses.registry import ANALYSES
 from lab.sweeps.config import Job, SweepConfig
 from lab.sweeps.context import SweepContext, result_path
 from lab.sweeps.graph import label
 from lab.sweeps.identity import differences
 
-__all__ = ["plan_text", "run_sweep", "stale_notes", "write_table"]
+__all__ = ["plan_text", "run_job", "stale_notes", "start_run", "write_table"]
 
 
 def _version(name: str) -> str | None:
@@ -156,20 +156,22 @@ def _start(config: SweepConfig) -> None:
         write_table(config, kind)
 
 
-def run_sweep(config: SweepConfig) -> Path:
-    """Run every job of ``config`` not yet done, in dependency order; return the output folder."""
+def start_run(config: SweepConfig) -> list[Job]:
+    """Report stale results, write this config and its tables to the run folder, and return
+    the jobs not yet done, in dependency order."""
     config.out.mkdir(parents=True, exist_ok=True)
     for note in stale_notes(config):
         print(note, file=sys.stderr)
     _start(config)
-    ctx = SweepContext(config, build_dataset)
     todo = [config.jobs[i] for i in config.order]
-    todo = [j for j in todo if not result_path(config, j).exists()]
-    for job in tqdm(todo, desc="sweep", unit="job", disable=not todo):
-        table = ANALYSES[job.kind].run(ctx.for_job(job), job.params)
-        table = table.assign(job=job.id, pair=job.pair, dataset=job.dataset)
-        path = result_path(config, job)
-        _atomic_bytes(path.with_suffix(".json"), json.dumps(_record(job), indent=1).encode())
-        _write_parquet(table, path)
-        write_table(config, job.kind)
-    return config.out
+    return [j for j in todo if not result_path(config, j).exists()]
+
+
+def run_job(ctx: SweepContext, job: Job) -> None:
+    """Run ``job`` with ``ctx`` (its sweep's context) and write its table and its record, each
+    atomically; the driver rewrites the top-level table (``write_table``) once it is done."""
+    table = ANALYSES[job.kind].run(ctx.for_job(job), job.params)
+    table = table.assign(job=job.id, pair=job.pair, dataset=job.dataset)
+    path = result_path(ctx.config, job)
+    _atomic_bytes(path.with_suffix(".json"), json.dumps(_record(job), indent=1).encode())
+    _write_parquet(table, path)

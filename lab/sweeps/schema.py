@@ -28,6 +28,9 @@ class RunSpec:
     seed: int = 0  # base seed for every job
     device: str | None = None  # device for the models (None: CUDA when available)
     dtype: str | None = None  # model dtype name (None: float32)
+    executor: str = "local"  # where jobs run: a key of lab.sweeps.executors.EXECUTORS
+    max_retries: int = 2  # times a failed job is submitted again before the sweep fails
+    # plus one optional table per executor, [run.ray] or [run.slurm] (lab.sweeps.executors)
 
 
 @dataclass(frozen=True)

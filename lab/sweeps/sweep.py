@@ -24,8 +24,10 @@ Each analysis kind is a small strategy (``lab.sweeps.config.Analysis``) register
 every TOML key before anything loads), the kinds whose results it reads (``lab.sweeps.graph``
 resolves each to one exact job), and a function from a ``SweepContext`` and those parameters to a
 tidy ``DataFrame``. A job's id hashes everything its result depends on (``lab.sweeps.identity``),
-so results of another config are never taken for this one's. ``lab.sweeps.runner`` runs the graph
-and keeps the top-level tables current; this module is the entry point above them all.
+so results of another config are never taken for this one's. ``lab.sweeps.driver`` runs the graph
+on an executor (``[run] executor = "local" | "ray" | "slurm"``, ``lab.sweeps.executors``) and
+``lab.sweeps.runner`` keeps the top-level tables current; this module is the entry point above
+them all.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from lab.errors import LabError, close_matches
 from lab.runtime import resolve_dtype
 from lab.sweeps.analyses.registry import ANALYSES, DATASET_SOURCES
 from lab.sweeps.config import Job, JobSpec, SweepConfig
+from lab.sweeps.driver import drive
+from lab.sweeps.executors import EXECUTORS, check_options
 from lab.sweeps.graph import resolve_needs, topological_order
 from lab.sweeps.identity import identify
-from lab.sweeps.runner import plan_text, run_sweep
+from lab.sweeps.runner import plan_text
 from lab.sweeps.schema import PairSpec, RunSpec, check_table
 
 __all__ = ["load_config", "plan", "run"]
@@ -108,12 +112,14 @@ def load_config(
     out: str | Path | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    executor: str | None = None,
 ) -> SweepConfig:
     """Parse and validate a sweep config (a TOML path or a dict) into a ``SweepConfig``.
 
     Every table is type-checked and every need resolved before anything loads. A pair may set
     ``allow_pickle`` or ``trust_remote_code`` only when the caller allows it as well (the CLI's
     ``--allow-pickle`` and ``--trust-remote-code``): a config cannot opt in by itself.
+    ``executor`` (the CLI's ``--executor``) replaces ``[run] executor``.
     """
     path = None
     if isinstance(source, dict):
@@ -134,7 +140,15 @@ def load_config(
             + close_matches(bad[0], _TOP_KEYS)
         )
     run_cfg = raw.get("run", {})
-    check_table("[run]", run_cfg, RunSpec)
+    check_table("[run]", run_cfg, RunSpec, extra=tuple(EXECUTORS))
+    where = "--executor" if executor else "[run]"
+    executor = executor or run_cfg.get("executor", RunSpec.executor)
+    _refuse_unknown(where, "executor", executor, EXECUTORS)
+    for name in EXECUTORS:
+        if name in run_cfg:
+            check_options(name, run_cfg[name])
+    if run_cfg.get("max_retries", 0) < 0:
+        raise LabError(f"[run] max_retries must be 0 or more, got {run_cfg['max_retries']}.")
     pairs, datasets = raw.get("pairs", {}), raw.get("datasets", {})
     _check_pairs(pairs, {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code})
     _check_datasets(datasets)
@@ -159,6 +173,8 @@ def load_config(
         jobs=jobs,
         raw=raw,
         order=topological_order(jobs, deps),
+        executor=executor,
+        max_retries=run_cfg.get("max_retries", RunSpec.max_retries),
     )
     return dataclasses.replace(config, jobs=identify(config, deps, DATASET_SOURCES))
 
@@ -169,13 +185,22 @@ def run(
     out: str | Path | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    executor: str | None = None,
 ) -> Path:
-    """Run every job not yet done, in dependency order; return the output folder."""
+    """Run every job not yet done, each as soon as the jobs it reads are done, on the config's
+    executor (or ``executor``); return the output folder."""
     if not isinstance(source, SweepConfig):
         source = load_config(
-            source, out=out, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+            source,
+            out=out,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            executor=executor,
         )
-    return run_sweep(source)
+    elif executor is not None:
+        _refuse_unknown("--executor", "executor", executor, EXECUTORS)
+        source = dataclasses.replace(source, executor=executor)
+    return drive(source)
 
 
 def plan(source: str | Path | dict | SweepConfig, **load: Any) -> str:

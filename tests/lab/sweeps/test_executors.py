@@ -1,0 +1,189 @@
+"""The organism sweep on a local Ray cluster of 2 workers and on submitit's local executor gives
+the local executor's tables; a worker killed mid-job is retried; bad executors are refused."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pandas as pd
+import psutil
+import pytest
+
+from lab.errors import LabError
+from lab.sweeps import sweep
+from lab.sweeps.analyses import registry
+from lab.sweeps.analyses.causal import ClassifyParams
+from lab.sweeps.config import Analysis
+from lab.sweeps.driver import driver_lock
+from lab.sweeps.executors import RaySpec, open_backend
+
+KINDS = ("weights", "classify", "joint")
+
+
+def _config(out, executor="local", **options):
+    """A small organism sweep: weights, classify on 16 prompts, and joint (which reads it)."""
+    return {
+        "run": {"out": str(out), "seed": 0, "device": "cpu", "executor": executor, **options},
+        "pairs": {"organism": {"base": "organism", "tuned": "organism"}},
+        "datasets": {"world": {"source": "organism", "n": 32}},
+        "analyses": [
+            {"kind": "weights", "pair": "organism"},
+            {"kind": "classify", "pair": "organism", "dataset": "world", "n_prompts": 16,
+             "n_chunks": 2},
+            {"kind": "joint", "pair": "organism", "dataset": "world", "n_prompts": 8, "top": 2},
+        ],
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    return sweep.run(_config(tmp_path_factory.mktemp("local")))
+
+
+def _same_tables(a, b):
+    for kind in KINDS:
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(a / f"{kind}.parquet"), pd.read_parquet(b / f"{kind}.parquet")
+        )
+
+
+def _kill_first_worker(marker: str, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first process under this one whose command line holds ``marker``."""
+    me = psutil.Process()
+    while not stop.is_set() and not killed:
+        for proc in me.children(recursive=True):
+            try:
+                if marker in " ".join(proc.cmdline()):
+                    proc.kill()
+                    killed.append(proc.pid)
+                    return
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+
+
+def _run_killing(config, marker):
+    killed: list[int] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_kill_first_worker, args=(marker, killed, stop))
+    watcher.start()
+    try:
+        out = sweep.run(config)
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, f"no {marker} worker was seen to kill"
+    return out
+
+
+def test_ray_two_workers_equal_local(local, tmp_path, capsys):
+    out = sweep.run(_config(tmp_path / "ray", "ray", ray={"workers": 2}))
+    _same_tables(local, out)
+
+
+def test_ray_worker_killed_mid_job_is_retried(local, tmp_path, capsys):
+    config = _config(tmp_path / "ray", "ray", ray={"workers": 2})
+    out = _run_killing(config, "ray::work")  # a Ray worker's title while it runs a job
+    _same_tables(local, out)
+    assert "retrying (1/2)" in capsys.readouterr().err
+
+
+def test_submitit_local_executor_equal_local(local, tmp_path):
+    config = _config(tmp_path / "slurm", "slurm", slurm={"cluster": "local", "poll": 0.2})
+    out = sweep.run(config)
+    _same_tables(local, out)
+    assert any((out / "slurm").glob("*_result.pkl"))  # the jobs ran through submitit
+
+
+def test_submitit_job_killed_is_retried(local, tmp_path, capsys):
+    config = _config(tmp_path / "slurm", "slurm", slurm={"cluster": "local", "poll": 0.2})
+    out = _run_killing(config, "submitit.core._submit")
+    _same_tables(local, out)
+    err = capsys.readouterr().err
+    assert "failed, retrying (1/2)" in err
+
+
+def test_the_executor_option_replaces_the_config(local, tmp_path):
+    config = sweep.load_config(_config(tmp_path / "run", "ray"), executor="local")
+    assert config.executor == "local"
+    _same_tables(local, sweep.run(config))
+
+
+@pytest.mark.parametrize(
+    ("run", "message"),
+    [
+        ({"executor": "dask"}, r"unknown executor 'dask'\. Valid: local, ray, slurm\."),
+        ({"ray": {"adress": "auto"}}, r"Unknown keys in \[run\.ray\]: adress\. Valid: address"),
+        ({"slurm": {"gpus": "2"}}, r"\[run\.slurm\]: gpus must be an integer"),
+        ({"max_retries": -1}, r"max_retries must be 0 or more"),
+    ],
+)
+def test_bad_executor_settings_are_refused(tmp_path, run, message):
+    config = _config(tmp_path / "run")
+    config["run"].update(run)
+    with pytest.raises(LabError, match=message):
+        sweep.load_config(config)
+    with pytest.raises(LabError, match=r"^--executor: unknown executor 'dask'\. Valid: local, ray"):
+        sweep.load_config(_config(tmp_path / "run"), executor="dask")
+
+
+@pytest.mark.parametrize(("name", "extra"), [("ray", "ray"), ("slurm", "slurm")])
+def test_a_missing_extra_says_what_to_install(tmp_path, monkeypatch, name, extra):
+    monkeypatch.setitem(sys.modules, {"ray": "ray", "slurm": "submitit"}[name], None)
+    config = sweep.load_config(_config(tmp_path / "run", name))
+    with pytest.raises(LabError, match=rf"pip install 'steerlab\[{extra}\]'") as e:
+        open_backend(config)
+    assert "\n" not in str(e.value)
+
+
+def test_a_failing_job_is_retried_then_fails_the_sweep_keeping_the_rest(
+    tmp_path, monkeypatch, capsys
+):
+    calls = []
+
+    def crash(ctx, params):
+        calls.append(1)
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setitem(registry.ANALYSES, "classify", Analysis(ClassifyParams, crash))
+    with pytest.raises(LabError, match=r"The sweep failed: job organism-world-\w+ \(analyses\[1\]"):
+        sweep.run(_config(tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert len(calls) == 3 and "retrying (2/2): RuntimeError: boom\n" in err
+    assert "giving up: RuntimeError: boom\n" in err
+    assert (tmp_path / "run" / "weights.parquet").exists()  # the finished job is kept
+    assert not (tmp_path / "run" / "joint.parquet").exists()  # it reads the failed job
+
+
+def test_a_second_driver_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
+    out = tmp_path / "run"
+    with driver_lock(out), pytest.raises(LabError, match=r"Another driver \(pid \d+ on"):
+        sweep.run(_config(out))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".lock").write_text(
+        json.dumps({"host": socket.gethostname(), "pid": dead.pid, "since": 0})
+    )
+    sweep.run(_config(out))
+    assert f"taking over the stale lock {out / '.lock'} of driver pid {dead.pid}" in (
+        capsys.readouterr().err
+    )
+    assert not (out / ".lock").exists()
+
+
+def test_an_unreachable_ray_address_fails_within_its_timeout(tmp_path):
+    start = time.time()
+    with pytest.raises(LabError, match=r"Could not reach the Ray cluster at '127\.0\.0\.1:1'"):
+        open_backend(
+            sweep.load_config(
+                _config(tmp_path / "run", "ray", ray={"address": "127.0.0.1:1",
+                                                      "connect_timeout": 3.0})
+            )
+        )  # fmt: skip
+    assert time.time() - start < 30
+    assert RaySpec().connect_timeout == 60.0
