@@ -51,7 +51,7 @@ def _environment() -> dict[str, Any]:
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a retry may overlap a lost try
     tmp.write_bytes(data)
     os.replace(tmp, path)
 

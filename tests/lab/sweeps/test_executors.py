@@ -4,6 +4,8 @@ the local executor's tables; a worker killed mid-job is retried; bad executors a
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -106,6 +108,31 @@ def test_submitit_job_killed_is_retried(local, tmp_path, capsys):
     _same_tables(local, out)
     err = capsys.readouterr().err
     assert "failed, retrying (1/2)" in err
+
+
+def test_a_killed_driver_rerun_runs_only_the_unfinished_jobs(local, tmp_path, capsys):
+    config = _config(tmp_path / "slurm", "slurm", slurm={"cluster": "local", "poll": 0.2})
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    code = "import json, sys; from lab.sweeps import sweep; sweep.run(json.load(open(sys.argv[1])))"
+    driver = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "c.json")],
+        start_new_session=True,  # its own process group: the driver and its submitit jobs
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    results = tmp_path / "slurm" / "results"
+    deadline = time.time() + 120
+    while not any(results.glob("*/*.parquet")) and time.time() < deadline:
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    kept = {p: p.stat().st_mtime_ns for p in results.glob("*/*.parquet")}
+    assert 0 < len(kept) < len(KINDS)  # killed half-way
+    out = sweep.run(config)
+    assert f"of driver pid {driver.pid}, which no longer runs" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished jobs were not redone
+    _same_tables(local, out)
 
 
 def test_the_executor_option_replaces_the_config(local, tmp_path):
