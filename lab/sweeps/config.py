@@ -49,6 +49,9 @@ class JobSpec:
     dataset: str | None = None  # a name in [datasets]
     name: str | None = None  # a name other analyses' use = {...} can pick this job by
     use: dict[str, str] | None = None  # needed kind -> the name of the job that provides it
+    # what the job asks of a Ray or Slurm executor, over [run.ray] / [run.slurm]: num_cpus,
+    # num_gpus, memory (bytes); where a job runs is not part of its id
+    resources: dict[str, float] | None = None
 
 
 def digest(record: dict[str, Any]) -> str:
@@ -68,6 +71,7 @@ class Job:
     index: int = 0  # position in the config's [[analyses]]
     name: str | None = None  # the job's name, if the config gives one
     use: dict[str, str] | None = field(default=None, hash=False)  # kind -> name of the provider
+    resources: dict[str, float] = field(default_factory=dict, hash=False)  # JobSpec.resources
     needs: dict[str, str] = field(default_factory=dict, hash=False)  # kind -> id of the provider
     identity: dict[str, Any] = field(default_factory=dict, hash=False)  # what the result depends on
 

@@ -28,6 +28,7 @@ from lab.sweeps.schema import check_table
 
 __all__ = [
     "EXECUTORS",
+    "RESOURCES",
     "Backend",
     "Executor",
     "Finished",
@@ -58,6 +59,8 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+RESOURCES = ("memory", "num_cpus", "num_gpus")  # what a job may ask for ([[analyses]] resources)
+
 _WORKER: dict[str, SweepContext] = {}  # a worker process's loaded pairs, for its next job
 
 
@@ -70,6 +73,16 @@ def work(config: SweepConfig, job_id: str) -> str:
         _WORKER[key] = SweepContext(config, build_dataset)
     run_job(_WORKER[key], config.job(job_id))
     return job_id
+
+
+def _outcome(job_id: str, result: Callable[[], Any]) -> Finished:
+    """How a job ended, by fetching its ``result``: a Ray task's error holds the job's own
+    (``cause``); a dead worker or a killed Slurm job raises its own error."""
+    try:
+        result()
+    except Exception as e:
+        return Finished(job_id, getattr(e, "cause", None) or e)
+    return Finished(job_id)
 
 
 def _extra(module: str, extra: str) -> Any:
@@ -143,10 +156,10 @@ class _Ray:
                     spec.connect_timeout,
                     f"Could not reach the Ray cluster at {spec.address!r}",
                 )
-        resources = {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus, "max_retries": 0}
+        self.resources = {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus}
         if spec.memory:
-            resources["memory"] = spec.memory
-        self.task = ray.remote(work).options(**resources)  # retries are the driver's
+            self.resources["memory"] = spec.memory
+        self.task = ray.remote(work)
         self.refs: dict[Any, str] = {}
         self.config_ref: Any = None
 
@@ -154,20 +167,13 @@ class _Ray:
         if self.config_ref is None:
             self.config_ref = self.ray.put(config)
         for job in jobs:
-            self.refs[self.task.remote(self.config_ref, job.id)] = job.id
+            asks = {**self.resources, **job.resources, "max_retries": 0}  # retries: the driver's
+            task = self.task.options(**asks)
+            self.refs[task.remote(self.config_ref, job.id)] = job.id
 
     def wait(self) -> list[Finished]:
         ready, _ = self.ray.wait(list(self.refs), num_returns=1)
-        out = []
-        for ref in ready:
-            job_id = self.refs.pop(ref)
-            try:
-                self.ray.get(ref)
-            except Exception as e:  # RayTaskError (the job's own error) or a dead worker
-                out.append(Finished(job_id, getattr(e, "cause", None) or e))
-            else:
-                out.append(Finished(job_id))
-        return out
+        return [_outcome(self.refs.pop(ref), lambda ref=ref: self.ray.get(ref)) for ref in ready]
 
     def close(self) -> None:
         for ref in self.refs:
@@ -220,7 +226,7 @@ class _Slurm:
         submitit = _extra("submitit", "slurm")
         self.spec, self.slots = spec, spec.array_parallelism
         self.executor = submitit.AutoExecutor(folder=config.out / spec.folder, cluster=spec.cluster)
-        params: dict[str, Any] = {
+        self.params: dict[str, Any] = {
             "timeout_min": spec.time,
             "gpus_per_node": spec.gpus,
             "cpus_per_task": spec.cpus,
@@ -228,16 +234,27 @@ class _Slurm:
             **{f"slurm_{k}": v for k, v in spec.extra.items()},
         }
         if spec.partition:
-            params["slurm_partition"] = spec.partition
+            self.params["slurm_partition"] = spec.partition
         if spec.mem_gb:
-            params["mem_gb"] = spec.mem_gb
-        self.executor.update_parameters(**params)
+            self.params["mem_gb"] = spec.mem_gb
         self.jobs: dict[Any, str] = {}
 
+    def _asks(self, job: Job) -> dict[str, Any]:
+        r = job.resources
+        own = {"gpus_per_node": r.get("num_gpus"), "cpus_per_task": r.get("num_cpus")}
+        own["mem_gb"] = r["memory"] / 2**30 if r.get("memory") else None
+        own = {k: int(v) if k != "mem_gb" else v for k, v in own.items() if v is not None}
+        return {**self.params, **own}
+
     def submit(self, config: SweepConfig, jobs: list[Job]) -> None:
-        with self.executor.batch():  # one array for the jobs that became ready together
-            handles = [self.executor.submit(work, config, job.id) for job in jobs]
-        self.jobs.update({h: job.id for h, job in zip(handles, jobs, strict=True)})
+        groups: dict[str, list[Job]] = {}
+        for job in jobs:  # one array per set of resources among the jobs ready together
+            groups.setdefault(digest(self._asks(job)), []).append(job)
+        for group in groups.values():
+            self.executor.update_parameters(**self._asks(group[0]))
+            with self.executor.batch():
+                handles = [self.executor.submit(work, config, job.id) for job in group]
+            self.jobs.update({h: job.id for h, job in zip(handles, group, strict=True)})
 
     def wait(self) -> list[Finished]:
         while True:
@@ -245,16 +262,7 @@ class _Slurm:
             if ended:
                 break
             time.sleep(self.spec.poll)
-        out = []
-        for handle in ended:
-            job_id = self.jobs.pop(handle)
-            try:
-                handle.result()
-            except Exception as e:  # the job's error, or a job killed before it finished
-                out.append(Finished(job_id, e))
-            else:
-                out.append(Finished(job_id))
-        return out
+        return [_outcome(self.jobs.pop(handle), handle.result) for handle in ended]
 
     def close(self) -> None:
         for handle in self.jobs:

@@ -42,7 +42,7 @@ from lab.runtime import resolve_dtype
 from lab.sweeps.analyses.registry import ANALYSES, DATASET_SOURCES
 from lab.sweeps.config import Job, JobSpec, SweepConfig
 from lab.sweeps.driver import drive
-from lab.sweeps.executors import EXECUTORS, check_options
+from lab.sweeps.executors import EXECUTORS, RESOURCES, check_options
 from lab.sweeps.graph import resolve_needs, topological_order
 from lab.sweeps.identity import identify
 from lab.sweeps.runner import plan_text
@@ -59,6 +59,15 @@ def _refuse_unknown(where: str, what: str, name: Any, valid) -> None:
         raise LabError(
             f"{where}: unknown {what} {name!r}. Valid: {', '.join(sorted(valid))}."
             + close_matches(str(name), valid)
+        )
+
+
+def _refuse_unknown_keys(where: str, table: dict, valid) -> None:
+    bad = sorted(set(table) - set(valid))
+    if bad:
+        raise LabError(
+            f"{where}: unknown {bad[0]!r}. Valid: {', '.join(sorted(valid))}."
+            + close_matches(bad[0], valid)
         )
 
 
@@ -103,7 +112,12 @@ def _job(i: int, spec: Any, pairs, datasets) -> Job:
         params = analysis.params(**own)
     except (TypeError, ValueError) as e:
         raise LabError(f"{where}: {e}") from e
-    return Job(kind, pair, dataset, params, i, spec.get("name"), spec.get("use"))
+    asks = spec.get("resources") or {}
+    _refuse_unknown_keys(f"{where}: resources", asks, RESOURCES)
+    resources = {k: int(v) if k == "memory" else v for k, v in asks.items()}  # memory: bytes
+    return Job(
+        kind, pair, dataset, params, i, spec.get("name"), spec.get("use"), resources=resources
+    )
 
 
 def load_config(

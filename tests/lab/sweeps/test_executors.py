@@ -84,8 +84,10 @@ def _run_killing(config, marker):
 
 
 def test_ray_two_workers_equal_local(local, tmp_path, capsys):
-    out = sweep.run(_config(tmp_path / "ray", "ray", ray={"workers": 2}))
-    _same_tables(local, out)
+    config = _config(tmp_path / "ray", "ray", ray={"workers": 2})
+    config["analyses"][1]["resources"] = {"num_cpus": 2}  # classify takes the whole cluster
+    out = sweep.run(config)
+    _same_tables(local, out)  # the job ids too: where a job runs is not part of its id
 
 
 def test_ray_worker_killed_mid_job_is_retried(local, tmp_path, capsys):
@@ -97,6 +99,7 @@ def test_ray_worker_killed_mid_job_is_retried(local, tmp_path, capsys):
 
 def test_submitit_local_executor_equal_local(local, tmp_path):
     config = _config(tmp_path / "slurm", "slurm", slurm={"cluster": "local", "poll": 0.2})
+    config["analyses"][1]["resources"] = {"num_cpus": 2, "memory": 2**30}
     out = sweep.run(config)
     _same_tables(local, out)
     assert any((out / "slurm").glob("*_result.pkl"))  # the jobs ran through submitit
@@ -148,11 +151,15 @@ def test_the_executor_option_replaces_the_config(local, tmp_path):
         ({"ray": {"adress": "auto"}}, r"Unknown keys in \[run\.ray\]: adress\. Valid: address"),
         ({"slurm": {"gpus": "2"}}, r"\[run\.slurm\]: gpus must be an integer"),
         ({"max_retries": -1}, r"max_retries must be 0 or more"),
+        ({"gpus": 1}, r"analyses\[1\] \(classify\): resources: unknown 'gpus'\. Valid: memory, "),
     ],
 )
 def test_bad_executor_settings_are_refused(tmp_path, run, message):
     config = _config(tmp_path / "run")
-    config["run"].update(run)
+    if "gpus" in run:
+        config["analyses"][1]["resources"] = run
+    else:
+        config["run"].update(run)
     with pytest.raises(LabError, match=message):
         sweep.load_config(config)
     with pytest.raises(LabError, match=r"^--executor: unknown executor 'dask'\. Valid: local, ray"):
