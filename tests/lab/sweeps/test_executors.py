@@ -113,17 +113,23 @@ def test_submitit_job_killed_is_retried(local, tmp_path, capsys):
     assert "failed, retrying (1/2)" in err
 
 
-def test_a_killed_driver_rerun_runs_only_the_unfinished_jobs(local, tmp_path, capsys):
-    config = _config(tmp_path / "slurm", "slurm", slurm={"cluster": "local", "poll": 0.2})
+@pytest.mark.parametrize(
+    "options",
+    [{"slurm": {"cluster": "local", "poll": 0.2}}, {"ray": {"workers": 2}}],
+    ids=["submitit", "ray"],
+)
+def test_a_killed_driver_rerun_runs_only_the_unfinished_jobs(local, tmp_path, capsys, options):
+    name = next(iter(options))
+    config = _config(tmp_path / name, name, **options)
     (tmp_path / "c.json").write_text(json.dumps(config))
     code = "import json, sys; from lab.sweeps import sweep; sweep.run(json.load(open(sys.argv[1])))"
     driver = subprocess.Popen(
         [sys.executable, "-c", code, str(tmp_path / "c.json")],
-        start_new_session=True,  # its own process group: the driver and its submitit jobs
+        start_new_session=True,  # its own process group: the driver and its workers
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    results = tmp_path / "slurm" / "results"
+    results = tmp_path / name / "results"
     deadline = time.time() + 120
     while not any(results.glob("*/*.parquet")) and time.time() < deadline:
         assert driver.poll() is None, "the sweep ended before it could be killed"
