@@ -152,27 +152,32 @@ class KLMetric(Metric):
 
     @classmethod
     def to_model(
+        cls, model: Any, tokens: Tokens, *, mask: Tensor | None = None, **options: Any
+    ) -> KLMetric:
+        """KL to ``model``'s next-token distributions on ``tokens`` (e.g. the base's; ``mask``:
+        padded prompts' attention mask, as given to ``patch``); ``options`` as ``from_logits``."""
+        mask = check_mask(mask, tokens)
+        device = device_of(model)
+        with torch.inference_mode():
+            logits = model(tokens.to(device), **mask_kwargs(mask, device))
+        return cls.from_logits(logits, mask=mask, **options)
+
+    @classmethod
+    def from_logits(
         cls,
-        model: Any,
-        tokens: Tokens,
+        logits: Float[Tensor, "batch pos vocab"],
         *,
         positions: Sequence[int] = (-1,),
         mask: Tensor | None = None,
         patched_first: bool = True,
         label: str = "",
     ) -> KLMetric:
-        """KL to ``model``'s own next-token distributions on ``tokens`` (e.g. the base's, for
-        KL(patched || base)), read at ``positions``; one forward of ``model`` here.
-
-        ``mask``: the prompts' attention mask when they are padded (as given to ``patch``);
-        positions then count within each prompt's real tokens."""
+        """KL to the distributions of ``logits`` a caller has, read at ``positions`` (``mask`` as
+        ``check_mask`` returns it)."""
         metric = cls(positions=tuple(positions), patched_first=patched_first, label=label)
-        mask = check_mask(mask, tokens)
-        device = device_of(model)
         with torch.inference_mode():
-            logits = model(tokens.to(device), **mask_kwargs(mask, device))
-            at = read_positions(metric, tokens.shape[1], mask).to(device)
-            rows = torch.arange(logits.shape[0], device=device)[:, None]
+            at = read_positions(metric, logits.shape[1], mask).to(logits.device)
+            rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
             reference = logits[rows, at.expand(logits.shape[0], -1)].log_softmax(-1).float()
         return replace(metric, reference=reference)
 

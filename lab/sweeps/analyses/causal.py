@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
+from torch import Tensor
 
 from lab.errors import LabError
 from lab.models.outputs import model_kl
 from lab.organism.metrics import scene_reach
 from lab.organism.story import SCENE_WORDS
+from lab.runtime import device_of
 from lab.sweeps.context import SweepContext
 from lab.types import Tokens
 from probes.components.classify import ClassifyConfig, classify, departure
@@ -67,18 +69,30 @@ def _tokens(ctx: SweepContext, n: int | None) -> Tokens:
     return tokens[:, :shortest]
 
 
-def _metrics(ctx: SweepContext, tokens: Tokens, attractor: list[str] | None) -> dict[str, Metric]:
-    """KL to the base, and the attractor words' probability when there are any (``None``: the
-    wedding scene's words on the organism, none on other pairs)."""
+def _logits(ctx: SweepContext, tokens: Tokens) -> dict[str, Tensor]:
+    """Each model's logits on ``tokens``, once per job: the KL reference and the departures."""
+    with torch.inference_mode():
+        return {role: m(tokens.to(device_of(m))) for role, m in ctx.pair().models.items()}
+
+
+def _steering(ctx: SweepContext, tokens: Tokens, attractor: list[str] | None) -> dict[str, Metric]:
+    """The attractor words' probability when there are any (``None``: the wedding scene's words
+    on the organism, none on other pairs)."""
     if attractor is None:
         attractor = list(SCENE_WORDS["wedding"]) if ctx.organism() is not None else []
+    if not attractor:
+        return {}
     pos = tuple(range(tokens.shape[1]))
-    out: dict[str, Metric] = {
-        "kl_to_base": KLMetric.to_model(ctx.pair().base, tokens, positions=pos)
-    }
-    if attractor:
-        out["attractor_prob"] = TokenSetProb(positions=pos, tokens=attractor_ids(ctx, attractor))
-    return out
+    return {"attractor_prob": TokenSetProb(positions=pos, tokens=attractor_ids(ctx, attractor))}
+
+
+def _metrics(
+    ctx: SweepContext, tokens: Tokens, attractor: list[str] | None, logits: dict[str, Tensor]
+) -> dict[str, Metric]:
+    """KL to the base (from its ``logits``) and the steering metrics."""
+    pos = tuple(range(tokens.shape[1]))
+    kl = KLMetric.from_logits(logits["base"], positions=pos)
+    return {"kl_to_base": kl, **_steering(ctx, tokens, attractor)}
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,8 @@ class PatchingParams:
 
 def patching_job(ctx: SweepContext, p: PatchingParams) -> pd.DataFrame:
     tokens = _tokens(ctx, p.n_prompts)
-    metrics = _metrics(ctx, tokens, p.attractor)
+    logits = _logits(ctx, tokens)
+    metrics = _metrics(ctx, tokens, p.attractor, logits)
     runs = (
         (
             into,
@@ -110,7 +125,7 @@ def patching_job(ctx: SweepContext, p: PatchingParams) -> pd.DataFrame:
         for kind in p.sites
         for into in INTO
     )
-    return _with_departures(ctx, tokens, metrics, _tidy(metrics, runs))
+    return _with_departures(ctx, tokens, metrics, _tidy(metrics, runs), logits)
 
 
 INTO = ("tuned", "base")  # both directions of a cross-model analysis
@@ -124,11 +139,15 @@ def _tidy(metrics: dict[str, Metric], runs: Iterable[tuple[str, pd.DataFrame]]) 
 
 
 def _with_departures(
-    ctx: SweepContext, tokens: Tokens, metrics: dict[str, Metric], table: pd.DataFrame
+    ctx: SweepContext,
+    tokens: Tokens,
+    metrics: dict[str, Metric],
+    table: pd.DataFrame,
+    logits: dict[str, Tensor],
 ) -> pd.DataFrame:
     """``table`` with each metric's departure and its interval, so the report can flag shares
     of noise."""
-    gaps = departure(ctx.pair(), tokens, metrics, seed=ctx.config.seed)
+    gaps = departure(ctx.pair(), tokens, metrics, seed=ctx.config.seed, logits=logits)
     return table.merge(gaps, on=["metric", "into"], how="left")
 
 
@@ -148,7 +167,8 @@ def swap_job(ctx: SweepContext, p: SwapParams) -> pd.DataFrame:
     each metric's departure with its interval: ``share`` is the part of the departure removed
     (into tuned) or induced (into base) by one swap."""
     tokens = _tokens(ctx, p.n_prompts)
-    metrics = _metrics(ctx, tokens, p.attractor)
+    logits = _logits(ctx, tokens)
+    metrics = _metrics(ctx, tokens, p.attractor, logits)
     config = SwapConfig(progress=False)
     runs = (
         (into, swap_components(ctx.pair(), tokens, list(metrics.values()), into=into,
@@ -157,7 +177,7 @@ def swap_job(ctx: SweepContext, p: SwapParams) -> pd.DataFrame:
     )  # fmt: skip
     table = _tidy(metrics, runs)
     table["component"] = [component_name(r.site, r.layer, r.head) for r in table.itertuples()]
-    return _with_departures(ctx, tokens, metrics, table)
+    return _with_departures(ctx, tokens, metrics, table, logits)
 
 
 @dataclass(frozen=True)
@@ -182,7 +202,7 @@ def classify_job(ctx: SweepContext, p: ClassifyParams) -> pd.DataFrame:
     reference = None
     if "next_token_probs" in ctx.dataset().targets:  # the organism: the world's exact truth
         reference = ctx.dataset().targets["next_token_probs"][: len(tokens)].log().clamp_min(-1e4)
-    steering = {k: v for k, v in _metrics(ctx, tokens, p.attractor).items() if k != "kl_to_base"}
+    steering = _steering(ctx, tokens, p.attractor)
     return classify(ctx.pair(), tokens, reference=reference, steering=steering, config=cfg)
 
 
@@ -205,7 +225,7 @@ def joint_job(ctx: SweepContext, p: JointParams) -> pd.DataFrame:
     top = top_steering(scores, n=p.top)
     names, sites, pair = top["component"].tolist(), _sites(top), ctx.pair()
     tokens = _tokens(ctx, p.n_prompts)
-    kl = _metrics(ctx, tokens, [])["kl_to_base"]
+    kl = KLMetric.to_model(pair.base, tokens, positions=tuple(range(tokens.shape[1])))
     kl_tuned = patch_jointly(pair.tuned, tokens, pair.tuned, tokens, [], kl)
     kl_patched = patch_jointly(pair.tuned, tokens, pair.base, tokens, sites, kl)
     rows = [
