@@ -16,7 +16,15 @@ so that, for a prefix with belief b and state e,
                           + r(e, x) / beta - log Z(prefix).
 
 pi* is defined for sequences of a fixed number of words (``length``), like the policies it is
-compared with. The optimal objective is ``beta * log Z(BOS)`` = beta log E_world[exp(U / beta)].
+compared with. ``soft_values`` gives the exact soft value of every next token,
+
+    Q*(prefix, x) / beta = r(e, x) / beta + log E_world[exp(U after x / beta) | prefix, x]
+                         = r(e, x) / beta + logsumexp_z [log b(z) + log E(z, x) + C[n-1](z, e')]
+                           - log p_world(x | prefix),
+
+so that pi*(x | prefix) ∝ p_world(x | prefix) exp(Q*(prefix, x) / beta).
+
+The optimal objective is ``beta * log Z(BOS)`` = beta log E_world[exp(U / beta)].
 """
 
 from __future__ import annotations
@@ -81,7 +89,32 @@ class PiStar:
         log_z = torch.logsumexp(log_b + self.log_w[n_left][:, e].T, -1)
         return logits - log_z[:, None], log_z
 
+    def _soft(self, log_b: Tensor, e: Tensor, n_left: int) -> Tensor:
+        """Q*(prefix, x) / beta over the vocab for a batch of states (-inf where p_world is 0)."""
+        log_pi, log_z = self._next(log_b, e, n_left)
+        log_p = torch.logsumexp(log_b.T[:, :, None] + self.world.log_emission[:, None], 0)
+        soft = log_pi + log_z[:, None] - log_p
+        return soft.masked_fill(torch.isinf(log_p), -torch.inf)
+
     # ---- public API --------------------------------------------------------------------------
+    def soft_values(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
+        """Exact Q*(prefix, x) = r + beta log E_world[exp(U_future / beta) | prefix, x] for every
+        next token x at every position before the last word (as ``next_token_logprobs``); -inf
+        for tokens the world never emits there (BOS)."""
+        tokens = self.world.check_tokens(tokens)
+        if tokens.shape[1] > self.length + 1:
+            raise LabError(f"pi* covers {self.length} words; got {tokens.shape[1] - 1}.")
+        log_b = self.world.initial_log_belief(tokens.shape[0])
+        _, nxt = self.labeler.tables()
+        e = torch.full((tokens.shape[0],), self.labeler.initial_state, dtype=torch.long)
+        out = []
+        for t in range(min(tokens.shape[1], self.length)):
+            if t > 0:
+                _, _, log_b = self.world.step(log_b, tokens[:, t])
+                e = nxt[e, tokens[:, t]]
+            out.append(self.beta * self._soft(log_b, e, self.length - t))
+        return torch.stack(out, 1)
+
     def next_token_logprobs(
         self, tokens: Int[Tensor, "batch pos"]
     ) -> Float[Tensor, "batch pos vocab"]:

@@ -1,0 +1,39 @@
+"""Value probes: a linear Q head on the base's residual stream, and the value-guided sampler.
+
+    pi_Q(x | h) ∝ p_base(x | h) exp(Q_beta(h, x) / beta)
+
+Quick tour::
+
+    from probes.value import oracle_tokens, oracle_values, fit_q_head, q_head_r2, guided_policy
+    org = lab.organism.load(); base = org.pair.base; betas = (0.1, 0.3, 1.0)
+    tokens = oracle_tokens(org.world, org.labeler, 256, org.length, org.prompt_words, betas)
+    values = oracle_values(org.world, org.labeler, tokens, betas, org.length)   # exact Q*
+    head = fit_q_head(base, tokens, values, layer=2, betas=betas)
+    q_head_r2(base, tokens, values, betas=betas)                # R² by layer (centred Q*)
+    policy = guided_policy(base, head, beta=0.2)                # any beta in the grid's range
+    policy.sample(prompts, org.length, generator)
+    head.save("runs/qhead"); QHead.load("runs/qhead")           # safetensors + json
+"""
+
+from probes.value.fit import centre, fit_q_head, head_r2, q_head_r2
+from probes.value.guided import MASS_WARNING, TopKMassWarning, guided_logprobs, guided_policy
+from probes.value.head import QHead, check_beta
+from probes.value.oracle import oracle_tokens, oracle_values
+from probes.value.residual import fingerprint, logprobs_and_residual
+
+__all__ = [
+    "MASS_WARNING",
+    "QHead",
+    "TopKMassWarning",
+    "centre",
+    "check_beta",
+    "fingerprint",
+    "fit_q_head",
+    "guided_logprobs",
+    "guided_policy",
+    "head_r2",
+    "logprobs_and_residual",
+    "oracle_tokens",
+    "oracle_values",
+    "q_head_r2",
+]
