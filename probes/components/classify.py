@@ -21,6 +21,19 @@ other model's): each steering row carries that gap with its interval, and ``with
 a gap whose interval includes 0, where the share is a ratio of noise and no finding (nor is it
 labelled steering-like). ``departure`` gives the same interval for a patching table's metrics.
 Labels (prediction-like, steering-like, both, neither) use thresholds from ``ClassifyConfig``.
+
+**Pruning** (``ClassifyConfig.prune_mass``; for real models, where exact patching of every
+component costs hours on a CPU): attribution patching (``probes.patching.attribution``) estimates
+every component's effect on all prompts at once, and exact patching runs only on the candidates
+``probes.components.prune`` selects from the steering estimates into tuned (every steering
+metric), until the attribution mass left out is below ``prune_mass``. The candidates get exact
+scores in both models and for both scores; every other component keeps its attribution estimate
+(``exact`` False, no interval). Candidates come from the steering direction into tuned because a
+KL's first-order estimate vanishes at its own reference: into base (KL to the base) and the
+prediction score of a model against its own distribution have zero gradient there, so their
+estimates are kept but cannot choose. Each (model, score, metric) carries ``rank_corr``, the
+Spearman correlation of the exact scores with their estimates over the candidates, and
+``mass_left_out``, the estimates' mass it did not patch exactly.
 """
 
 from __future__ import annotations
@@ -38,6 +51,8 @@ from tqdm.auto import tqdm
 from lab.errors import LabError
 from lab.runtime import device_of
 from lab.types import Tokens
+from probes.components.prune import check_pruning, select_candidates, with_estimates
+from probes.patching.attribution import attribute
 from probes.patching.metrics import KLMetric, Metric, read_logits
 from probes.patching.patch import PatchConfig, cross_model, patch
 from probes.patching.sites import Site, enumerate_sites
@@ -66,6 +81,12 @@ class ClassifyConfig:
     steering_threshold: float = 0.1  # share of the departure that makes a component steer
     steering_metric: str = "kl_to_base"  # the metric the labels and the map use
     seed: int = 0  # bootstrap and ablation seed
+    prune_mass: float | None = None  # None: exact patching of every component; else exact only
+    # until the attribution mass left out is below this fraction (0: every component, exactly)
+    max_exact: int | None = None  # with prune_mass: at most this many components patched exactly
+
+    def __post_init__(self) -> None:
+        check_pruning(self.prune_mass, self.max_exact)
 
 
 def component_sites(model: Any, n_pos: int) -> list[Site]:
@@ -102,6 +123,7 @@ def _chunk_rows(model_name: str, score: str, metric: str, table: pd.DataFrame, c
             "value": float(r.value),
             "target": float(r.target),
             "source": float(r.source),
+            "exact": chunk >= 0,  # chunk -1: attribution's estimate on all prompts
         }
 
 
@@ -131,22 +153,31 @@ def score_components(
     ref = base_lp if reference is None else reference.float()
     sites = component_sites(pair.base, tokens.shape[1])
     quiet = PatchConfig(progress=False)
-    rows: list[dict] = []
     chunks = torch.arange(n).chunk(config.n_chunks)
+    resampled = torch.cat([tokens[idx].roll(1, dims=0) for idx in chunks])  # within each chunk
+    rows: list[dict] = []
+    if config.prune_mass is not None:
+        full = _steering_metrics(positions, base_lp, steering)
+        rows = _estimates(pair, tokens, resampled, ref, full)
+        steer = pd.DataFrame(rows).query("score == 'steering' and model == 'tuned'")
+        keep = set(
+            select_candidates(
+                steer.assign(effect=steer.value - steer.target),
+                config.prune_mass,
+                config.max_exact,
+            )
+        )
+        sites = [s for s in sites if component_name(s) in keep]
     for c, idx in enumerate(tqdm(chunks, desc="classify", unit="chunk")):
         toks = tokens[idx]
         truth = KLMetric(positions=positions, reference=ref[idx], patched_first=False)
         for role, model in pair.models.items():
-            resampled = toks.roll(1, dims=0)  # every prompt gets another prompt's activation
             table = patch(
-                model, toks, model, resampled, sites, truth, by_position=False, config=quiet
+                model, toks, model, resampled[idx], sites, truth, by_position=False, config=quiet
             )
             rows += _chunk_rows(role, "prediction", "kl_to_reference", table, c)
-        metrics = {"kl_to_base": KLMetric(positions=positions, reference=base_lp[idx])}
-        metrics.update(steering or {})
+        metrics = _steering_metrics(positions, base_lp[idx], steering)
         names = {m.name: name for name, m in metrics.items()}
-        if len(names) != len(metrics):
-            raise LabError("Steering metrics must be of different types (their names clash).")
         for into in ("tuned", "base"):
             table = cross_model(
                 pair,
@@ -160,6 +191,52 @@ def score_components(
             for metric_name, part in table.groupby("metric", sort=False):
                 rows += _chunk_rows(into, "steering", names[metric_name], part, c)
     return pd.DataFrame(rows)
+
+
+def _steering_metrics(
+    positions: tuple[int, ...],
+    base_lp: Float[Tensor, "batch pos vocab"],
+    steering: dict[str, Metric] | None,
+) -> dict[str, Metric]:
+    """KL to the base (``base_lp``: the prompts' own) and the caller's steering metrics."""
+    metrics: dict[str, Metric] = {"kl_to_base": KLMetric(positions=positions, reference=base_lp)}
+    metrics.update(steering or {})
+    if len({m.name for m in metrics.values()}) != len(metrics):
+        raise LabError("Steering metrics must be of different types (their names clash).")
+    return metrics
+
+
+def _estimates(
+    pair: Any,
+    tokens: Tokens,
+    resampled: Tokens,
+    ref: Float[Tensor, "batch pos vocab"],
+    metrics: dict[str, Metric],
+) -> list[dict]:
+    """Attribution's estimate of every component's scores, on all prompts (rows of chunk -1):
+    the resample ablation in each model, the other model's activation into each model."""
+    positions = tuple(range(tokens.shape[1]))
+    truth = {"kl_to_reference": KLMetric(positions=positions, reference=ref, patched_first=False)}
+    other = {"tuned": "base", "base": "tuned"}
+    runs = [
+        (role, "prediction", model, tokens, model, resampled, truth)
+        for role, model in pair.models.items()
+    ] + [
+        (into, "steering", pair.models[into], tokens, pair.models[other[into]], tokens, metrics)
+        for into in ("tuned", "base")
+    ]
+    rows: list[dict] = []
+    for role, score, target, toks, source, src_toks, named in tqdm(
+        runs, desc="attribution", leave=False
+    ):
+        table = attribute(
+            target, toks, source, src_toks, ("z", "mlp_out"), list(named.values()),
+            by_position=False,
+        )  # fmt: skip
+        names = {m.name: k for k, m in named.items()}
+        for metric_name, part in table.groupby("metric", sort=False):
+            rows += _chunk_rows(role, score, names[metric_name], part, -1)
+    return rows
 
 
 def _bootstrap(parts: pd.DataFrame, score: str, rng: np.random.Generator, n_boot: int):
@@ -205,12 +282,16 @@ def classify_scores(raw: pd.DataFrame, config: ClassifyConfig | None = None) -> 
     metric), from ``score_components``'s per-chunk table. A pure function of that table.
 
     Steering rows also carry ``gap`` (the unpatched source - target, the share's denominator),
-    its interval ``gap_lo``..``gap_hi`` and ``within_noise`` (that interval includes 0)."""
+    its interval ``gap_lo``..``gap_hi`` and ``within_noise`` (that interval includes 0).
+    ``exact``: patched exactly (else attribution's estimate, no interval); ``estimate``:
+    attribution's estimate (NaN unpruned); ``rank_corr`` and ``mass_left_out`` per (model,
+    score, metric): see the module doc (NaN and 0 unpruned)."""
     config = config or ClassifyConfig()
     rng = np.random.default_rng(config.seed)
     keys = ["component", "kind", "layer", "head", "model", "score", "metric"]
+    is_exact = raw["exact"].astype(bool) if "exact" in raw else pd.Series(True, raw.index)
     out = []
-    for key, parts in raw.groupby(keys, sort=False, dropna=False):
+    for key, parts in raw[is_exact].groupby(keys, sort=False, dropna=False):
         (point, gap), boots, gaps = _bootstrap(parts, key[5], rng, config.n_boot)
         lo, hi = _interval(boots, config.ci)
         row = {**dict(zip(keys, key, strict=True)), "value": point, "lo": lo, "hi": hi}
@@ -221,7 +302,7 @@ def classify_scores(raw: pd.DataFrame, config: ClassifyConfig | None = None) -> 
         else:
             row.update(gap=np.nan, gap_lo=np.nan, gap_hi=np.nan, within_noise=False)
         out.append(row)
-    table = pd.DataFrame(out)
+    table = with_estimates(pd.DataFrame(out), raw[~is_exact], keys)
     return table.merge(_labels(table, config), on=["component", "model"], how="left")
 
 

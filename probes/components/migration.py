@@ -64,11 +64,14 @@ def top_steering(
     """The ``n`` components with the largest steering share in tuned, with their intervals.
 
     Shares of a departure within noise (``within_noise``: the gap's interval includes 0) are
-    ratios of noise, so they are left out unless ``noise``; then the result may be empty.
+    ratios of noise, so they are left out unless ``noise``; then the result may be empty. So are
+    a pruned classification's estimates (``exact`` False: attribution's, with no interval).
     """
     steer = scores[
         (scores.score == "steering") & (scores.metric == metric) & (scores.model == "tuned")
     ]
+    if "exact" in steer:
+        steer = steer[steer["exact"].astype(bool)]
     if not noise and "within_noise" in steer:
         steer = steer[~steer["within_noise"].astype(bool)]
     return steer.sort_values("value", ascending=False).head(n).reset_index(drop=True)
