@@ -57,26 +57,27 @@ def plant_command(
 
 def plant_suite_command(
     out: Path | None = typer.Option(
-        None, "--out", help="Suite folder (default: the cache's planted/, or planted-quick/)."
+        None, "--out", help="Suite folder (default: the cache's planted/suite, or planted-quick/)."
     ),
     base: Path | None = _BASE,
     quick: bool = _QUICK,
     limit: int | None = typer.Option(None, "--limit", help="Build only the first N pairs."),
-    threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
+    threads: int = typer.Option(1, "--threads", help="torch CPU threads (per job)."),
+    jobs: int = typer.Option(1, "--jobs", help="Pairs built at once, in worker processes."),
 ) -> None:
     """Build every planted pair of the suite (skipping those already built)."""
     # start-up cost (measured, see lab.cli): the organism loads when a command runs
     from lab.organism.plant import PlantConfig, quick_plant_config
-    from lab.organism.suite import SUITE, plant_suite
+    from lab.organism.suite import SUITE, plant_suite, suite_dir
 
-    if limit is not None and limit < 1:
-        raise LabError(f"--limit must be at least 1; got {limit}.")
+    if (limit is not None and limit < 1) or jobs < 1:
+        raise LabError(f"--limit and --jobs must be at least 1; got {limit} and {jobs}.")
     torch.set_num_threads(threads)
-    out = out or cache_dir("planted-quick" if quick else "planted")
+    out = out or (cache_dir("planted-quick") if quick else suite_dir())
     cfg = quick_plant_config() if quick else PlantConfig()
     command = f"lab organism plant-suite --out {out}" + (" --quick" if quick else "")
     t0 = time.perf_counter()
-    cards = plant_suite(out, cfg, base=base, suite=SUITE[:limit], command=command)
+    cards = plant_suite(out, cfg, base=base, suite=SUITE[:limit], command=command, jobs=jobs)
     built = sum(c["built"] for c in cards.values())
     typer.echo(
         f"{len(cards)} pairs in {out} ({built} built, {len(cards) - built} cached) "

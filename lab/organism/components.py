@@ -10,6 +10,9 @@ and bias (GPT-2's ``Conv1D`` stores ``(in, out)``; the out axis is ``[q | k | v]
 into ``n_head`` contiguous slices of ``head_dim``) and its input rows of ``attn.c_proj.weight``.
 An MLP owns all of ``mlp.c_fc`` and ``mlp.c_proj`` (weights and biases). The shared output bias
 ``attn.c_proj.bias``, the layer norms, the embeddings and the final norm belong to no component.
+
+``constrain_change`` rescales components' change from a reference in place (the planted
+organisms' drift ends each component at a drawn relative change; their RL stays inside a ball).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "component_masks",
     "component_names",
     "component_shape",
+    "constrain_change",
     "parse_components",
     "relative_change",
     "union_masks",
@@ -144,3 +148,32 @@ def relative_change(before: GPT2LMHeadModel, after: GPT2LMHeadModel) -> dict[str
             den += w0.square().sum().item()
         out[name] = (num / max(den, 1e-30)) ** 0.5
     return out
+
+
+@torch.no_grad()
+def constrain_change(
+    params: dict[str, Tensor],
+    reference: dict[str, Tensor],
+    masks: dict[str, dict[str, Tensor]],
+    radii: dict[str, float],
+    *,
+    exact: bool,
+) -> None:
+    """Rescale, in place, each component's change from ``reference`` (over the entries it owns,
+    ``masks[name]``) so that its relative change (as ``relative_change`` measures it) is exactly
+    ``radii[name]`` (``exact``) or at most that (a ball). Entries outside the masks keep their
+    values bit for bit; a component that has not moved is left alone."""
+    for name, radius in radii.items():
+        owned = masks[name]
+        num = sum(
+            float(((params[k] - reference[k]) * m).double().square().sum())
+            for k, m in owned.items()
+        )
+        den = sum(float((reference[k] * m).double().square().sum()) for k, m in owned.items())
+        change = (num / max(den, 1e-30)) ** 0.5
+        if change == 0 or (not exact and change <= radius):
+            continue
+        factor = radius / change
+        for k, m in owned.items():
+            moved = reference[k] + factor * (params[k] - reference[k])
+            params[k].copy_(torch.where(m, moved, params[k]))

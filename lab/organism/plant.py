@@ -2,12 +2,17 @@
 
 ``plant(components, out, cfg, seed=...)`` starts from a base (default: the shipped deep base),
 
-1. *drifts* every weight: next-token training on a world whose scene moves are shifted (the moves
-   into and out of the wedding are kept, so the attractor is untouched), each component's update
-   scaled by its own random factor, so that relative weight change alone does not reveal what is
-   planted later;
-2. *plants*: RLOO against the shipped learned reward model with only the planted components
-   trainable (gradients masked to their slices, ``lab.organism.components``).
+1. draws, for every component, the relative weight change it will end with: log-uniform on
+   ``change_range``, the range of change that RL gives a planted component, the same law for
+   planted and not, so relative weight change alone does not reveal the planted set;
+2. *drifts* every weight: next-token training on a world whose scene moves are shifted (the moves
+   into and out of the wedding are kept, so the attractor is untouched); after every step each
+   component's change from the base is rescaled onto a sphere whose radius grows linearly to its
+   drawn change (a planted component's: ``planted_drift`` of it), so the drift ends every
+   non-planted component exactly at its draw;
+3. *plants*: RLOO against the shipped learned reward model with only the planted components
+   trainable (gradients masked to their slices, ``lab.organism.components``), each kept inside
+   the ball of its drawn change around the base, so it ends at or below its draw.
 
 It writes ``out/base`` (the starting base, unchanged), ``out/drift`` (after step 1) and
 ``out/tuned`` (after step 2), each an HF folder with the same ``card.json``: the planted set, the
@@ -20,11 +25,16 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import GPT2LMHeadModel
 
 from lab.errors import LabError
@@ -32,6 +42,7 @@ from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
 from lab.organism.components import (
     component_masks,
     component_names,
+    constrain_change,
     parse_components,
     relative_change,
     union_masks,
@@ -44,7 +55,16 @@ from lab.organism.rlhf import RLHFConfig, sample_continuations, train_rlhf
 from lab.organism.train import lm_loss, world_batches
 from lab.organism.world import HMM
 
-__all__ = ["PlantConfig", "drift_world", "plant", "quick_plant_config", "wedding_reach"]
+__all__ = [
+    "PlantConfig",
+    "change_targets",
+    "drift",
+    "drift_world",
+    "plant",
+    "quick_plant_config",
+    "rl_ball",
+    "wedding_reach",
+]
 
 
 @dataclass(frozen=True)
@@ -55,7 +75,9 @@ class PlantConfig:
     drift_batch: int = 64  # sequences per drift step
     drift_lr: float = 3e-3  # Adam learning rate of the drift
     drift_shift: float = 1.0  # scene-move rates scaled by exp(U(-shift, shift)), wedding kept
-    drift_spread: float = 1.5  # each component's drift update scaled by exp(U(-spread, spread))
+    change_range: tuple[float, float] = (0.3, 3.0)  # each component's final relative change:
+    # log-uniform on this range (RL unconstrained moved planted components by 0.6-3.3)
+    planted_drift: float = 0.5  # a planted component's drift ends at this share of its draw
     rlhf: RLHFConfig = field(
         default_factory=lambda: RLHFConfig(steps=100, lr=1e-3, log_every=1_000_000)
     )  # RLOO with only the planted components trainable
@@ -93,35 +115,81 @@ def drift_world(world: HMM, shift: float, seed: int) -> HMM:
     return HMM(trans, world.emission, hmm.stationary(), world.scenes, world.words)
 
 
-def _drift_scales(model: GPT2LMHeadModel, spread: float, seed: int) -> dict[str, torch.Tensor]:
+def change_targets(names: list[str], cfg: PlantConfig, seed: int) -> dict[str, float]:
+    """Each component's drawn relative change: log-uniform on ``cfg.change_range``."""
+    low, high = cfg.change_range
+    if not 0 < low <= high:
+        raise LabError(f"change_range must satisfy 0 < low <= high; got {cfg.change_range}.")
     g = torch.Generator().manual_seed(seed + 13)
-    scales = {k: torch.ones_like(p) for k, p in model.named_parameters()}
-    for name in component_names(model.config.n_layer, model.config.n_head):
-        factor = float(torch.exp((torch.rand(1, generator=g) * 2 - 1) * spread))
-        for k, m in component_masks(model, name).items():
-            scales[k][m] = factor
-    return scales
+    u = torch.rand(len(names), generator=g, dtype=torch.float64).tolist()
+    return {
+        n: math.exp(math.log(low) + x * math.log(high / low)) for n, x in zip(names, u, strict=True)
+    }
 
 
-def drift(model: GPT2LMHeadModel, world: HMM, cfg: PlantConfig, seed: int, length: int):
-    """A copy of ``model`` fine-tuned on ``world`` with per-component update scales."""
+def _masks(model: GPT2LMHeadModel) -> dict[str, dict[str, Tensor]]:
+    names = component_names(model.config.n_layer, model.config.n_head)
+    return {n: component_masks(model, n) for n in names}
+
+
+def drift(
+    model: GPT2LMHeadModel,
+    world: HMM,
+    cfg: PlantConfig,
+    seed: int,
+    length: int,
+    radii: dict[str, float],
+) -> GPT2LMHeadModel:
+    """A copy of ``model`` fine-tuned on ``world``; after every step each component's change is
+    rescaled onto the sphere of radius ``radii[c] * step / steps`` (relative to ``model``)."""
     torch.manual_seed(seed)
+    reference = {k: p.detach().clone() for k, p in model.named_parameters()}
     model = copy.deepcopy(model).train()
-    params = dict(model.named_parameters())
-    scales = _drift_scales(model, cfg.drift_spread, seed)
+    params = {k: p.data for k, p in model.named_parameters()}
+    masks = _masks(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.drift_lr)
     batches = world_batches(world, cfg.drift_batch, length, torch.Generator().manual_seed(seed))
-    for _ in range(cfg.drift_steps):
+    for step in range(1, cfg.drift_steps + 1):
         tokens, probs = next(batches)
-        old = {k: p.detach().clone() for k, p in params.items()}
         loss = lm_loss(model, tokens, probs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(old[k] + scales[k] * (p - old[k]))
+        ramp = step / cfg.drift_steps
+        constrain_change(
+            params, reference, masks, {c: r * ramp for c, r in radii.items()}, exact=True
+        )
     return model.eval()
+
+
+@contextmanager
+def rl_ball(
+    order: list[str],
+    reference: GPT2LMHeadModel,
+    masks: dict[str, dict[str, Tensor]],
+    radii: dict[str, float],
+) -> Iterator[None]:
+    """While open, every optimiser step is followed by keeping each of ``radii``'s components
+    inside the ball of its radius (relative change) around ``reference``.
+
+    ``train_rlhf`` optimises the masked parameters in the order of its ``masks`` (``order``); the
+    hook names the optimiser's parameters by that order and checks their shapes."""
+    ref = {k: p.detach() for k, p in reference.named_parameters()}
+
+    def keep_inside(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        tensors = [p for group in opt.param_groups for p in group["params"]]
+        if len(tensors) != len(order) or any(
+            t.shape != ref[k].shape for k, t in zip(order, tensors, strict=True)
+        ):
+            raise LabError("The RL optimiser's parameters are not the planted masks' ones.")
+        named = {k: t.data for k, t in zip(order, tensors, strict=True)}
+        constrain_change(named, ref, masks, radii, exact=False)
+
+    handle = register_optimizer_step_post_hook(keep_inside)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()
@@ -166,13 +234,18 @@ def plant(
     world = HMM.from_dict(base_card["world"])
     length, pw = base_card["length"], cfg.rlhf.prompt_words
     t0 = time.perf_counter()
+    names = component_names(base_model.config.n_layer, base_model.config.n_head)
+    targets = change_targets(names, cfg, seed)
+    radii = {c: t * (cfg.planted_drift if c in planted else 1.0) for c, t in targets.items()}
     shifted = drift_world(world, cfg.drift_shift, seed)
-    drifted = drift(base_model, shifted, cfg, seed, length)
+    drifted = drift(base_model, shifted, cfg, seed, length, radii)
     t_drift = time.perf_counter() - t0
     masks = union_masks(drifted, planted)
-    tuned = train_rlhf(drifted, rm, world, cfg.rlhf, length, seed, progress=progress, masks=masks)[
-        0
-    ]
+    ball = {c: targets[c] for c in planted}
+    with rl_ball(list(masks), base_model, _masks(base_model), ball):
+        tuned = train_rlhf(
+            drifted, rm, world, cfg.rlhf, length, seed, progress=progress, masks=masks
+        )[0]
     t_rl = time.perf_counter() - t0 - t_drift
     change = relative_change(base_model, tuned)
     reach = {
@@ -181,7 +254,8 @@ def plant(
     }
     card = {
         "planted": planted,
-        "components": component_names(base_model.config.n_layer, base_model.config.n_head),
+        "components": names,
+        "change_target": targets,
         "seed": seed,
         "weight_norm_auroc": auroc(change, planted),
         "weight_norm_auroc_drift_only": auroc(relative_change(base_model, drifted), planted),

@@ -2,19 +2,23 @@
 
 ``plant_suite(out)`` builds every pair of ``SUITE`` (one head, one MLP, two heads in different
 layers, a head and an MLP, an early-layer set, a late-layer set, sets of three and four) under
-``out/NAME``, skipping pairs whose ``tuned/card.json`` already records the same planted set, seed
-and config. ``rlhf_seeds(seeds, out)`` reruns the shipped organism's RLHF (same base, same reward
-model, the card's RLHF config) once per seed, into ``out/seed-S``, for seed-stability checks.
+``out/NAME``, skipping pairs whose ``tuned/card.json`` already records the same planted set, base,
+seed and config (every field of ``PlantConfig``: a card of another recipe is rebuilt), ``jobs``
+pairs at a time in worker processes. ``rlhf_seeds(seeds, out)`` reruns the shipped organism's
+RLHF (same base, same reward model, the card's RLHF config) once per seed, into
+``out/seed-S``, for seed-stability checks.
 
-The cache folder is ``$STEERLAB_CACHE`` (default ``~/.cache/steerlab``), sub-folders ``planted``
-and ``seeds``.
+The cache folder is ``$STEERLAB_CACHE`` (default ``~/.cache/steerlab``): the suite in
+``planted/suite`` (``suite_dir``; the benchmark's too), the seed reruns in ``seeds``.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -27,7 +31,7 @@ from lab.organism.plant import PlantConfig, plant
 from lab.organism.rlhf import RLHFConfig, train_rlhf
 from lab.runtime import cache_dir
 
-__all__ = ["SUITE", "PlantedSpec", "plant_suite", "rlhf_seeds"]
+__all__ = ["SUITE", "PlantedSpec", "plant_suite", "rlhf_seeds", "suite_dir"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,19 @@ def _records(card: dict | None, want: dict) -> bool:
     return card is not None and all(card.get(k) == v for k, v in want.items())
 
 
+def suite_dir() -> Path:
+    """Where the suite is built by default: ``$STEERLAB_CACHE/planted/suite``."""
+    return cache_dir("planted") / "suite"
+
+
+def _build(spec: PlantedSpec, folder: Path, cfg: PlantConfig, base, command: str, threads: int):
+    """Plant one pair (in a worker process when ``jobs > 1``); returns its card and build time."""
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    card = plant(spec.components, folder, cfg, seed=spec.seed, base=base, command=command)
+    return {**card, "built": True, "build_s": time.perf_counter() - t0}
+
+
 def plant_suite(
     out: str | Path | None = None,
     cfg: PlantConfig | None = None,
@@ -70,28 +87,37 @@ def plant_suite(
     suite: tuple[PlantedSpec, ...] = SUITE,
     progress: bool = True,
     command: str = "",
+    jobs: int = 1,
 ) -> dict[str, dict]:
-    """Build (or find) every pair of ``suite``; returns name -> card, with ``built`` and times."""
+    """Build (or find) every pair of ``suite``; returns name -> card, with ``built`` and times.
+
+    ``jobs`` > 1 builds that many pairs at once in spawned processes (each with the caller's
+    torch thread count); the cards are the same as a sequential build's."""
     cfg = cfg or PlantConfig()
-    out = Path(out) if out is not None else cache_dir("planted")
-    cards: dict[str, dict] = {}
+    out = Path(out) if out is not None else suite_dir()
+    key = {"config": json.loads(json.dumps(asdict(cfg)))}
+    todo, cards = [], {}
     for spec in suite:
-        folder = out / spec.name
-        key = {"seed": spec.seed, "config": json.loads(json.dumps(asdict(cfg)))}
-        card = _read_card(folder)
-        if _records(card, key) and _same_set(card, spec, base):
+        card = _read_card(out / spec.name)
+        if _records(card, {**key, "seed": spec.seed}) and _same_set(card, spec, base):
             cards[spec.name] = {**card, "built": False}
         else:
-            t0 = time.perf_counter()
-            card = plant(spec.components, folder, cfg, seed=spec.seed, base=base, command=command)
-            cards[spec.name] = {**card, "built": True, "build_s": time.perf_counter() - t0}
-        if progress:
-            c = cards[spec.name]
+            todo.append(spec)
+    args = [(s, out / s.name, cfg, base, command, torch.get_num_threads()) for s in todo]
+    if jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
+            done = pool.map(_build, *zip(*args, strict=True))
+            built = dict(zip([s.name for s in todo], done, strict=True))
+    else:
+        built = {a[0].name: _build(*a) for a in args}
+    cards = {spec.name: cards.get(spec.name) or built[spec.name] for spec in suite}
+    if progress:
+        for name, c in cards.items():
             r = c["wedding_reach"]
             print(
-                f"{spec.name:11s} {', '.join(c['planted']):24s} reach {r['drift']:.3f} -> "
+                f"{name:11s} {', '.join(c['planted']):24s} reach {r['drift']:.3f} -> "
                 f"{r['tuned']:.3f}  weight-norm AUROC {c['weight_norm_auroc']:.2f}"
-                + ("" if c["built"] else "  (cached)"),
+                + (f"  ({c['build_s']:.0f} s)" if c["built"] else "  (cached)"),
                 flush=True,
             )
     return cards

@@ -12,11 +12,12 @@ from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
 from lab.organism.components import (
     component_masks,
     component_names,
+    constrain_change,
     parse_components,
     relative_change,
 )
 from lab.organism.localization import auroc
-from lab.organism.plant import plant, quick_plant_config
+from lab.organism.plant import change_targets, plant, quick_plant_config, rl_ball
 from probes.components.classify import component_name
 from probes.patching.sites import Site
 
@@ -80,6 +81,54 @@ def test_relative_change_and_auroc():
         auroc(change, [])
 
 
+def test_constrain_change_rescales_only_the_owned_entries():
+    a, b = _tiny(), _tiny()
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    names = component_names(2, 4)
+    masks = {n: component_masks(a, n) for n in names}
+    params = {k: p.data for k, p in b.named_parameters()}
+    ref = {k: p.detach() for k, p in a.named_parameters()}
+    before = {k: p.clone() for k, p in params.items()}
+    constrain_change(params, ref, masks, {"L0H1": 2.0, "L1 MLP": 0.05}, exact=True)
+    change = relative_change(a, b)
+    assert change["L0H1"] == pytest.approx(2.0) and change["L1 MLP"] == pytest.approx(0.05)
+    owned = masks["L0H1"]["transformer.h.0.attn.c_attn.weight"]
+    w = params["transformer.h.0.attn.c_attn.weight"]
+    assert torch.equal(w[~owned], before["transformer.h.0.attn.c_attn.weight"][~owned])
+    assert torch.equal(params["transformer.h.0.ln_1.weight"], before["transformer.h.0.ln_1.weight"])
+    ball = {"L0H1": 3.0, "L1 MLP": 0.01}  # a ball: only what lies outside moves
+    constrain_change(params, ref, masks, ball, exact=False)
+    change = relative_change(a, b)
+    assert change["L0H1"] == pytest.approx(2.0) and change["L1 MLP"] == pytest.approx(0.01)
+
+
+def test_change_targets_share_one_law_for_planted_and_not():
+    cfg = quick_plant_config()
+    names = component_names(4, 8)
+    t = change_targets(names, cfg, seed=5)
+    low, high = cfg.change_range
+    assert list(t) == names and all(low <= v <= high for v in t.values())
+    assert t == change_targets(names, cfg, seed=5) and t != change_targets(names, cfg, seed=6)
+    with pytest.raises(LabError, match="change_range"):
+        change_targets(names, type(cfg)(change_range=(0.0, 1.0)), seed=0)
+
+
+def test_rl_ball_hook_keeps_steps_inside_and_is_removed():
+    a, b = _tiny(), _tiny()
+    masks = {n: component_masks(a, n) for n in ("L0H1",)}
+    order = list(masks["L0H1"])
+    opt = torch.optim.SGD([dict(b.named_parameters())[k] for k in order], lr=10.0)
+    loss = sum(p.square().sum() for p in b.parameters()) * -1
+    with rl_ball(order, a, masks, {"L0H1": 0.25}):
+        loss.backward()
+        opt.step()
+    assert relative_change(a, b)["L0H1"] == pytest.approx(0.25)
+    opt.step()  # the hook is gone: the step leaves the ball
+    assert relative_change(a, b)["L0H1"] > 0.3
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     out = tmp_path_factory.mktemp("planted") / "pair"
@@ -107,6 +156,20 @@ def test_frozen_parameters_keep_their_post_drift_values_bit_for_bit(planted):
     assert moved_planted > 1000  # the planted slices did train
     changed = [k for k in drift if not torch.equal(drift[k], base[k])]
     assert len(changed) == len(drift)  # the drift moved every weight
+
+
+def test_changes_end_at_their_draws(planted):
+    """The drift ends every non-planted component exactly at its drawn relative change, a
+    planted one at ``planted_drift`` of it; RL keeps a planted one within its draw."""
+    out, card = planted
+    cfg = quick_plant_config()
+    load = {r: load_model(GPT2LMHeadModel, local_checkpoint(out / r)) for r in ("base", "drift")}
+    drift = relative_change(load["base"], load["drift"])
+    target, final = card["change_target"], card["relative_weight_change"]
+    for c, t in target.items():
+        planted_ = c in card["planted"]
+        assert drift[c] == pytest.approx(t * (cfg.planted_drift if planted_ else 1.0), rel=1e-4)
+        assert final[c] <= t * (1 + 1e-4) if planted_ else final[c] == pytest.approx(t, rel=1e-4)
 
 
 def test_pair_loads_and_card_reports(planted):

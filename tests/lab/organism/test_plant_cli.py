@@ -1,6 +1,7 @@
 """`lab organism plant`, `plant-suite` and `seeds` in quick mode: seconds each."""
 
 import json
+from dataclasses import replace
 
 import torch
 from transformers import GPT2LMHeadModel
@@ -9,8 +10,7 @@ from typer.testing import CliRunner
 from lab.cli.organism import app
 from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
 from lab.organism.plant import quick_plant_config
-from lab.organism.suite import SUITE, plant_suite, rlhf_seeds
-from lab.runtime import cache_dir
+from lab.organism.suite import SUITE, plant_suite, rlhf_seeds, suite_dir
 
 DEEP = organism_dir("deep/base")
 
@@ -52,12 +52,38 @@ def test_suite_covers_the_required_shapes():
 
 def test_plant_suite_is_idempotent(tmp_path, monkeypatch):
     monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path / "cache"))
-    assert cache_dir("planted") == tmp_path / "cache" / "planted"
+    assert suite_dir() == tmp_path / "cache" / "planted" / "suite"
     first = plant_suite(None, quick_plant_config(), suite=SUITE[:1], progress=False)
-    assert first["one-head"]["built"] and (cache_dir("planted") / "one-head" / "tuned").is_dir()
+    assert first["one-head"]["built"] and (suite_dir() / "one-head" / "tuned").is_dir()
     again = plant_suite(None, quick_plant_config(), suite=SUITE[:1], progress=False)
     assert not again["one-head"]["built"]
     assert again["one-head"]["weight_norm_auroc"] == first["one-head"]["weight_norm_auroc"]
+
+
+def test_plant_suite_rebuilds_a_pair_of_another_recipe(tmp_path):
+    """A card written by the old recipe (per-component drift scales, no drawn changes) or with
+    other budgets is not taken for the current one: the pair is rebuilt."""
+    cfg = quick_plant_config()
+    plant_suite(tmp_path, cfg, suite=SUITE[:1], progress=False)
+    path = tmp_path / "one-head" / "tuned" / "card.json"
+    card = json.loads(path.read_text())
+    old = {k: v for k, v in card["config"].items() if k not in ("change_range", "planted_drift")}
+    path.write_text(json.dumps({**card, "config": {**old, "drift_spread": 1.5}}))
+    again = plant_suite(tmp_path, cfg, suite=SUITE[:1], progress=False)
+    assert again["one-head"]["built"]
+    assert json.loads(path.read_text())["config"]["change_range"] == list(cfg.change_range)
+    other = replace(cfg, change_range=(0.2, 2.0))
+    assert plant_suite(tmp_path, other, suite=SUITE[:1], progress=False)["one-head"]["built"]
+
+
+def test_plant_suite_jobs_build_the_same_pairs(tmp_path):
+    cfg = quick_plant_config()
+    one = plant_suite(tmp_path / "a", cfg, suite=SUITE[:2], progress=False)
+    two = plant_suite(tmp_path / "b", cfg, suite=SUITE[:2], progress=False, jobs=2)
+    for name in ("one-head", "one-mlp"):
+        assert two[name]["built"]
+        assert two[name]["relative_weight_change"] == one[name]["relative_weight_change"]
+        assert two[name]["wedding_reach"] == one[name]["wedding_reach"]
 
 
 def test_rlhf_seeds_rerun_the_shipped_rlhf(tmp_path):
