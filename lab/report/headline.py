@@ -17,7 +17,7 @@ import pandas as pd
 from lab.report.tables import Run
 from probes.components.migration import departure_note, departures, top_steering
 
-__all__ = ["Headline", "headline", "joint_result", "joint_text"]
+__all__ = ["Headline", "headline", "joint_result", "joint_text", "pruning_result", "pruning_text"]
 
 _ORGANISM_METRICS = ("wedding_reach", "ece", "excess_loss", "kl_to_pi_star")
 
@@ -30,6 +30,7 @@ class Headline:
     no_finding: list[tuple[str, str]] = field(default_factory=list)  # (metric, why it is noise)
     joint: dict[str, Any] | None = None  # metric -> value, and "components" (which were patched)
     organism: dict[str, float] | None = None  # "model.metric" -> value
+    pruning: dict[str, Any] | None = None  # exact, components, mass_left_out, rank_corr (pruned)
 
     def summary(self) -> dict[str, Any]:
         """The headline as ``summary.json`` holds it (keys present only when measured)."""
@@ -48,6 +49,8 @@ class Headline:
             out["top5_joint"] = dict(self.joint)
         if self.organism is not None:
             out["organism"] = dict(self.organism)
+        if self.pruning is not None:
+            out["pruning"] = dict(self.pruning)
         return out
 
     def lines(self) -> list[str]:
@@ -61,6 +64,8 @@ class Headline:
             f"{c['label']}"
             for c in self.top or []
         ]
+        if self.pruning is not None:
+            out.append(pruning_text(self.pruning))
         if self.joint is not None:
             j = self.joint
             line = f"Together they remove {j['kl_share']:.0%} of KL(tuned || base)"
@@ -85,9 +90,35 @@ class Headline:
             parts.append(
                 f"<p>The components that carry the tuned model's steering:</p><ol>{items}</ol>"
             )
+        if self.pruning is not None:
+            parts.append(f"<p>{html.escape(pruning_text(self.pruning))}</p>")
         if self.joint is not None:
             parts.append(joint_text(self.joint))
         return "".join(parts)
+
+
+def pruning_text(p: dict[str, Any]) -> str:
+    """What an attribution-pruned classification patched exactly, and how well attribution
+    ranked it."""
+    return (
+        f"Exact patching of {p['exact']} of {p['components']} components, chosen by attribution "
+        f"patching ({p['mass_left_out']:.1%} of the attribution mass left to estimates); "
+        f"exact vs attribution rank correlation on them: {p['rank_corr']:.2f}."
+    )
+
+
+def pruning_result(scores: pd.DataFrame) -> dict[str, Any] | None:
+    """A pruned classify table's exact count, mass left out and rank correlation (steering
+    share of KL(tuned || base), into tuned); None when every component was patched exactly."""
+    if "exact" not in scores or scores["exact"].astype(bool).all():
+        return None
+    row = scores.query("score == 'steering' and model == 'tuned' and metric == 'kl_to_base'")
+    return {
+        "exact": int(scores[scores["exact"].astype(bool)].component.nunique()),
+        "components": int(scores.component.nunique()),
+        "mass_left_out": float(row.mass_left_out.iloc[0]),
+        "rank_corr": float(row.rank_corr.iloc[0]),
+    }
 
 
 def joint_text(joint: dict[str, Any]) -> str:
@@ -115,17 +146,18 @@ def joint_result(table: pd.DataFrame) -> dict[str, Any]:
 def headline(run: Run) -> Headline:
     """The headline of ``run`` (a ``RunDir`` or ``RunTables``); empty parts where a table is
     missing."""
-    top, no_finding, joint, organism = None, [], None, None
+    top, no_finding, joint, organism, pruning = None, [], None, None, None
     if run.has("classify.parquet"):
         scores = run.table("classify.parquet")
         noise = departures(scores).query("within_noise")
         no_finding = [(r.metric, departure_note(r)) for r in noise.itertuples()]
         cols = ["component", "value", "lo", "hi", "label"]
         top = top_steering(scores, n=5)[cols].to_dict("records")
+        pruning = pruning_result(scores)
     if run.has("joint.parquet"):
         joint = joint_result(run.table("joint.parquet"))
     if run.has("organism_eval.parquet"):
         ev = run.table("organism_eval.parquet")
         keep = ev[ev.metric.isin(_ORGANISM_METRICS)]
         organism = {f"{r.model}.{r.metric}": r.value for r in keep.itertuples()}
-    return Headline(top=top, no_finding=no_finding, joint=joint, organism=organism)
+    return Headline(top=top, no_finding=no_finding, joint=joint, organism=organism, pruning=pruning)

@@ -25,6 +25,8 @@ from lab.sweeps.context import SweepContext
 from lab.types import Tokens
 from probes.components.classify import ClassifyConfig, classify, departure
 from probes.components.migration import top_steering
+from probes.components.prune import check_pruning
+from probes.patching.attribution import attribute
 from probes.patching.metrics import KLMetric, Metric, TokenSetProb
 from probes.patching.patch import PatchConfig, cross_model, patch_jointly
 from probes.patching.sites import Site
@@ -33,6 +35,7 @@ from probes.patching.units import component_name
 from probes.sampling import sample
 
 __all__ = [
+    "PATCHING_METHODS",
     "ClassifyParams",
     "ExamplesParams",
     "JointParams",
@@ -103,29 +106,50 @@ class PatchingParams:
     by_position: bool = False  # one patch per position (else all positions at once)
     attractor: list[str] | None = None  # steering words (None: wedding words on the organism)
     n_prompts: int | None = 64  # prompts used (None: all of the dataset)
+    method: str = "exact"  # a key of PATCHING_METHODS: exact patching, or attribution's estimate
+
+    def __post_init__(self) -> None:  # refused when the config loads, not when the job runs
+        if self.method not in PATCHING_METHODS:
+            raise LabError(
+                f"Unknown patching method {self.method!r}; known: {', '.join(PATCHING_METHODS)}."
+            )
+
+
+def _exact(pair, tokens, kind: str, metrics: list[Metric], into: str, by_position: bool):
+    """Exact cross-model patching (probes.patching.patch.cross_model)."""
+    quiet = PatchConfig(progress=False)
+    return cross_model(
+        pair, tokens, kind, metrics, into=into, by_position=by_position, config=quiet
+    )
+
+
+def _attribution(pair, tokens, kind: str, metrics: list[Metric], into: str, by_position: bool):
+    """Attribution patching's first-order estimate of it (probes.patching.attribution): one
+    forward and a backward per metric for every site. A KL to the model patched into has no
+    gradient there, so into base its estimate of KL to the base is 0."""
+    other = "base" if into == "tuned" else "tuned"
+    return attribute(
+        pair.models[into], tokens, pair.models[other], tokens, kind, metrics,
+        by_position=by_position,
+    )  # fmt: skip
+
+
+# how a patching analysis patches: (pair, tokens, kind, metrics, into, by_position) -> table
+PATCHING_METHODS = {"exact": _exact, "attribution": _attribution}
 
 
 def patching_job(ctx: SweepContext, p: PatchingParams) -> pd.DataFrame:
+    method = PATCHING_METHODS[p.method]
     tokens = _tokens(ctx, p.n_prompts)
     logits = _logits(ctx, tokens)
     metrics = _metrics(ctx, tokens, p.attractor, logits)
     runs = (
-        (
-            into,
-            cross_model(
-                ctx.pair(),
-                tokens,
-                kind,
-                list(metrics.values()),
-                into=into,
-                by_position=p.by_position,
-                config=PatchConfig(progress=False),
-            ),
-        )
+        (into, method(ctx.pair(), tokens, kind, list(metrics.values()), into, p.by_position))
         for kind in p.sites
         for into in INTO
     )
-    return _with_departures(ctx, tokens, metrics, _tidy(metrics, runs), logits)
+    table = _tidy(metrics, runs).assign(method=p.method)
+    return _with_departures(ctx, tokens, metrics, table, logits)
 
 
 INTO = ("tuned", "base")  # both directions of a cross-model analysis
@@ -189,6 +213,11 @@ class ClassifyParams:
     prediction_threshold: float = 0.02  # nats/token
     steering_threshold: float = 0.1  # share of the departure
     attractor: list[str] | None = None  # steering words (None: wedding words on the organism)
+    prune_mass: float | None = None  # attribution pruning (ClassifyConfig): None, exhaustive
+    max_exact: int | None = None  # with prune_mass: at most this many components exactly
+
+    def __post_init__(self) -> None:  # refused when the config loads, not when the job runs
+        check_pruning(self.prune_mass, self.max_exact)
 
 
 def classify_job(ctx: SweepContext, p: ClassifyParams) -> pd.DataFrame:
@@ -198,6 +227,8 @@ def classify_job(ctx: SweepContext, p: ClassifyParams) -> pd.DataFrame:
         prediction_threshold=p.prediction_threshold,
         steering_threshold=p.steering_threshold,
         seed=ctx.config.seed,
+        prune_mass=p.prune_mass,
+        max_exact=p.max_exact,
     )
     reference = None
     if "next_token_probs" in ctx.dataset().targets:  # the organism: the world's exact truth
