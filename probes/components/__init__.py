@@ -13,9 +13,9 @@ from probes.components.classify import (
     classify,
     classify_scores,
     component_sites,
-    departure,
     score_components,
 )
+from probes.components.intervals import departure
 from probes.components.migration import (
     layer_summary,
     locus_map,

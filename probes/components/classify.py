@@ -19,7 +19,8 @@ each chunk is patched separately, and chunks are resampled; shares are ratios of
 A share divides by the metric's departure (the gap from the patched model's own value to the
 other model's): each steering row carries that gap with its interval, and ``within_noise`` marks
 a gap whose interval includes 0, where the share is a ratio of noise and no finding (nor is it
-labelled steering-like). ``departure`` gives the same interval for a patching table's metrics.
+labelled steering-like). ``departure`` (``probes.components.intervals``) gives the same interval
+for a patching table's metrics.
 Labels (prediction-like, steering-like, both, neither) use thresholds from ``ClassifyConfig``.
 
 **Pruning** (``ClassifyConfig.prune_mass``; for real models, where exact patching of every
@@ -51,9 +52,10 @@ from tqdm.auto import tqdm
 from lab.errors import LabError
 from lab.runtime import device_of
 from lab.types import Tokens
+from probes.components.intervals import bootstrap, interval
 from probes.components.prune import check_pruning, select_candidates, with_estimates
 from probes.patching.attribution import attribute
-from probes.patching.metrics import KLMetric, Metric, read_logits
+from probes.patching.metrics import KLMetric, Metric
 from probes.patching.patch import PatchConfig, cross_model, patch
 from probes.patching.sites import Site, enumerate_sites
 from probes.patching.units import SITE_UNITS
@@ -65,7 +67,6 @@ __all__ = [
     "classify_scores",
     "component_name",
     "component_sites",
-    "departure",
     "score_components",
 ]
 
@@ -239,29 +240,6 @@ def _estimates(
     return rows
 
 
-def _bootstrap(parts: pd.DataFrame, score: str, rng: np.random.Generator, n_boot: int):
-    """(score, gap) at the point and per resample; the gap is the share's denominator."""
-    v, t, s = (parts[k].to_numpy() for k in ("value", "target", "source"))
-
-    def stat(ix):
-        gap = np.mean(s[ix] - t[ix])
-        if score == "prediction":
-            return float(np.mean(v[ix] - t[ix])), gap
-        return (float(np.mean(v[ix] - t[ix]) / gap) if gap else float("nan")), gap
-
-    point = stat(np.arange(len(v)))
-    boots = np.array([stat(rng.integers(0, len(v), len(v))) for _ in range(n_boot)])
-    return point, boots[:, 0], boots[:, 1]
-
-
-def _interval(boots: np.ndarray, ci: float) -> tuple[float, float]:
-    alpha = (1 - ci) / 2
-    if not np.isfinite(boots).any():
-        return np.nan, np.nan
-    lo, hi = np.nanquantile(boots, [alpha, 1 - alpha])
-    return float(lo), float(hi)
-
-
 class ScoreOptions(TypedDict, total=False):
     """The keyword options of ``score_components``, which ``classify`` passes on as they are."""
 
@@ -292,11 +270,11 @@ def classify_scores(raw: pd.DataFrame, config: ClassifyConfig | None = None) -> 
     is_exact = raw["exact"].astype(bool) if "exact" in raw else pd.Series(True, raw.index)
     out = []
     for key, parts in raw[is_exact].groupby(keys, sort=False, dropna=False):
-        (point, gap), boots, gaps = _bootstrap(parts, key[5], rng, config.n_boot)
-        lo, hi = _interval(boots, config.ci)
+        (point, gap), boots, gaps = bootstrap(parts, key[5], rng, config.n_boot)
+        lo, hi = interval(boots, config.ci)
         row = {**dict(zip(keys, key, strict=True)), "value": point, "lo": lo, "hi": hi}
         if key[5] == "steering":
-            g_lo, g_hi = _interval(gaps, config.ci)
+            g_lo, g_hi = interval(gaps, config.ci)
             noise = not (g_lo > 0 or g_hi < 0)  # also when the interval is undefined
             row.update(gap=gap, gap_lo=g_lo, gap_hi=g_hi, within_noise=noise)
         else:
@@ -304,59 +282,6 @@ def classify_scores(raw: pd.DataFrame, config: ClassifyConfig | None = None) -> 
         out.append(row)
     table = with_estimates(pd.DataFrame(out), raw[~is_exact], keys)
     return table.merge(_labels(table, config), on=["component", "model"], how="left")
-
-
-def departure(
-    pair: Any,
-    tokens: Tokens,
-    metrics: dict[str, Metric],
-    *,
-    ci: float = 0.9,
-    n_boot: int = 1000,
-    seed: int = 0,
-    logits: dict[str, Tensor] | None = None,
-) -> pd.DataFrame:
-    """Each metric's departure, as the gap (source - target) a cross-model patching share of it
-    divides by, with a prompt-bootstrap interval; one row per (metric, into).
-
-    Columns ``metric`` (the name given), ``into``, ``gap``, ``gap_lo``, ``gap_hi``,
-    ``within_noise``: merge it into ``cross_model``'s table on ``metric`` and ``into``.
-    ``logits``: each model's logits on ``tokens`` (``{"base": ..., "tuned": ...}``, ``batch pos
-    vocab``) when the caller has them; else both models run here.
-    """
-    values = {}
-    for role, model in pair.models.items():
-        with torch.inference_mode():
-            if logits is not None and role in logits:
-                out = logits[role].float()
-            else:
-                out = model(tokens.to(device_of(model))).float()
-            for name, metric in metrics.items():
-                if getattr(metric, "reads", "logits") != "logits":
-                    raise LabError(
-                        f"Metric {name!r} reads {metric.reads}; a departure needs logit metrics."
-                    )
-                values[role, name] = metric(read_logits(out, metric)).detach().double()
-    values = {k: v.cpu().numpy() for k, v in values.items()}
-    rng = np.random.default_rng(seed)
-    resamples = rng.integers(0, len(tokens), (n_boot, len(tokens)))
-    rows = []
-    for name in metrics:
-        diff = values["base", name] - values["tuned", name]  # into tuned: source base
-        for into, d in (("tuned", diff), ("base", -diff)):
-            lo, hi = _interval(d[resamples].mean(1), ci)
-            noise = not (lo > 0 or hi < 0)
-            rows.append(
-                {
-                    "metric": name,
-                    "into": into,
-                    "gap": float(d.mean()),
-                    "gap_lo": lo,
-                    "gap_hi": hi,
-                    "within_noise": noise,
-                }
-            )
-    return pd.DataFrame(rows)
 
 
 def _labels(table: pd.DataFrame, config: ClassifyConfig) -> pd.DataFrame:

@@ -23,7 +23,8 @@ from lab.organism.story import SCENE_WORDS
 from lab.runtime import device_of
 from lab.sweeps.context import SweepContext
 from lab.types import Tokens
-from probes.components.classify import ClassifyConfig, classify, departure
+from probes.components.classify import ClassifyConfig, classify
+from probes.components.intervals import departure
 from probes.components.migration import top_steering
 from probes.components.prune import check_pruning
 from probes.patching.attribution import attribute
