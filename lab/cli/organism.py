@@ -2,8 +2,9 @@
 
 ``lab organism train --world FILE`` trains a base model on a custom world instead (a JSON or
 safetensors HMM, state- or edge-emitting: see ``lab.organism.worldfile``), e.g. Mess3 from
-``data/worlds/mess3.json``. The shipped organism lives in ``data_dir() / "organism"`` (``data/``
-of the repository, or ``$STEERLAB_DATA``).
+``data/worlds/mess3.json``. ``lab organism frontier`` measures every method's utility–KL
+frontier against the exact optimum (``probes.frontier``). The shipped organism lives in
+``data_dir() / "organism"`` (``data/`` of the repository, or ``$STEERLAB_DATA``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from lab.organism.world import HMM
     from lab.organism.worldfile import EdgeHMM
 
-__all__ = ["app", "evaluate", "train"]
+__all__ = ["app", "evaluate", "frontier_command", "train"]
 
 app = typer.Typer(help="The model organism: a world with ground truth, a base and an RLHF model.")
 
@@ -170,10 +172,84 @@ def evaluate(
         typer.echo(_table(rows))
 
 
+_FRONTIER_COLUMNS = [
+    "method",
+    "knob",
+    "true_utility",
+    "rm_score",
+    "wedding_reach",
+    "impossible_transition_rate",
+    "kl_to_base",
+    "kl_to_pi_star",
+    "ece",
+    "policy_ece",
+]
+
+
+@app.command("frontier")
+def frontier_command(
+    quick: bool = typer.Option(
+        False, "--quick", help="128 prompts, 4 betas, n in 1..64 by powers of 2 (minutes)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Folder for frontier.parquet, frontier.png and frontier.json "
+        "(default runs/frontier, or runs/frontier-quick).",
+    ),
+) -> None:
+    """True utility against KL to the base for pi*, pi* of the RM, best-of-n, the value-guided
+    sampler (oracle and practitioner Q heads) and RLHF's checkpoints, on the same world prompts;
+    with the calibration contrast and each curve's CPU cost. Without --quick, the first run
+    replays the shipped RLHF run to cache its checkpoints (CPU minutes)."""
+    # start-up cost (measured, see lab.cli): the organism and the frontier load when a command runs
+    from lab.organism.evaluate import load_organism
+    from probes.frontier import (
+        FrontierConfig,
+        calibration_contrast,
+        compare_with_rlhf,
+        curve_costs,
+        frontier,
+        plot_frontier,
+        quick_frontier_config,
+    )
+
+    wall = time.perf_counter()
+    cfg = quick_frontier_config() if quick else FrontierConfig()
+    out = out or _RUNS / ("frontier-quick" if quick else "frontier")
+    table = frontier(load_organism(_shipped()), cfg, progress=not as_json)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out / "frontier.parquet")
+    fig = plot_frontier(table)
+    fig.savefig(out / "frontier.png", dpi=110)
+    methods = set(table.method)
+    summary = {
+        "out": str(out),
+        "quick": quick,
+        "calibration_contrast": calibration_contrast(table).to_dict("records"),
+        "costs": curve_costs(table).to_dict("records"),
+        "compare": (
+            compare_with_rlhf(table) if {"sampler_practitioner", "rlhf"} <= methods else None
+        ),
+        "wall_s": time.perf_counter() - wall,
+    }
+    (out / "frontier.json").write_text(json.dumps(_finite(summary), indent=1) + "\n")
+    if as_json:
+        records = table[[*_FRONTIER_COLUMNS, "pi_star_beta", "kl_how"]].to_dict("records")
+        json.dump(_finite({**summary, "points": records}), sys.stdout, indent=1)
+        typer.echo()
+        return
+    typer.echo(table[_FRONTIER_COLUMNS].to_string(float_format=lambda v: f"{v:.4g}", index=False))
+    typer.echo(f"Wrote {out}/frontier.parquet, frontier.png and frontier.json.")
+
+
 def _finite(obj):
-    """JSON has no infinities: write them as null."""
+    """JSON has no infinities or NaNs: write them as null."""
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj

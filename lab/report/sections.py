@@ -18,6 +18,7 @@ import pandas as pd
 from lab.calibration.reliability import reliability_diagram
 from lab.calibration.summary import format_summary, plot_calibration, summarize
 from lab.errors import LabError
+from lab.report.frontier import frontier_section
 from lab.report.headline import headline, joint_result, joint_text
 from lab.report.html import CircuitsVisPage, figure_html, table_html
 from lab.report.locus import swap_section
@@ -233,6 +234,12 @@ SECTIONS: dict[str, Section] = {
         ("organism_eval.parquet", "reliability.parquet", "calibrate.parquet"),
         "lab demo (organism) or lab calibrate --out RUN/calibrate.parquet",
         _calibration_section,
+    ),
+    "frontier": Section(
+        "The utility–KL frontier: steering the kept base against RLHF and the exact optimum",
+        ("frontier.parquet",),
+        "lab organism frontier --out RUN / a frontier analysis in lab sweep",
+        frontier_section,
     ),
     "probes": Section(
         "Linear probes by layer",

@@ -32,10 +32,9 @@ from transformers import GPT2LMHeadModel
 
 from lab.models.outputs import model_logprobs
 from lab.organism.bayes import PiStar
-from lab.organism.rlhf import sample_continuations
 from probes.frontier.checkpoints import has_checkpoints, rlhf_checkpoints
 from probes.frontier.config import FrontierConfig
-from probes.frontier.points import FrontierContext, Point
+from probes.frontier.points import FrontierContext, Point, continuations
 from probes.frontier.sampler import sampler_points
 
 __all__ = ["METHODS", "Method"]
@@ -81,7 +80,7 @@ def _pool(ctx: FrontierContext, cfg: FrontierConfig) -> tuple[torch.Tensor, torc
 
     def make() -> tuple[torch.Tensor, torch.Tensor]:
         prompts, g = ctx.data.prompts.repeat_interleave(cfg.pool, 0), _gen(cfg)
-        parts = [sample_continuations(ctx.base, p, ctx.org.length, g) for p in prompts.split(4096)]
+        parts = [continuations(ctx.base, p, ctx.org.length, g) for p in prompts.split(4096)]
         pool = torch.cat(parts)
         return pool, ctx.reward(pool).view(-1, cfg.pool)
 
@@ -138,7 +137,7 @@ def _rlhf(ctx: FrontierContext, cfg: FrontierConfig) -> Iterator[Point]:
         checkpoints = [(0, ctx.base), (peak, org.models["peak"]), (final, org.models["rlhf"])]
         source = "shipped checkpoints only (base, peak, final)"
     for step, model in checkpoints:
-        samples = sample_continuations(model, ctx.data.prompts, org.length, _gen(cfg))
+        samples = continuations(model, ctx.data.prompts, org.length, _gen(cfg))
         policy = _policy(model)
         yield Point(
             step,

@@ -30,13 +30,27 @@ from torch import Tensor
 from transformers import GPT2LMHeadModel
 
 from lab.models.outputs import kl, model_logprobs
+from lab.models.sampling import kv_cached, sample
 from lab.organism.bayes import PiStar
 from lab.organism.evaluate import EvalData, Organism
-from lab.organism.metrics import ece, prediction_metrics, without_bos
+from lab.organism.metrics import ece, never_bos, prediction_metrics, without_bos
 
-__all__ = ["FrontierContext", "Point", "measure"]
+__all__ = ["FrontierContext", "Point", "continuations", "measure"]
 
 LogProbs = Callable[[Tensor], Tensor]  # tokens (batch, pos) -> next-token log-probs
+
+
+@torch.no_grad()
+def continuations(
+    model: GPT2LMHeadModel, prompts: Int[Tensor, "batch prompt"], length: int, generator
+) -> Int[Tensor, "batch pos"]:
+    """An HF model's continuations of ``prompts`` to ``length`` words (the one sampler with its
+    KV cache), drawn in float64: ``lab.models.sampling.categorical`` picks token 0 (BOS, of
+    probability 0) when its uniform is exactly 0, one draw in 2^24 in float32 (seen once in the
+    full frontier's 786k pool draws), one in 2^53 in float64."""
+    step = kv_cached(model)
+    n_new = length + 1 - prompts.shape[1]
+    return sample(lambda t: step(t).double(), prompts, n_new, generator, mask=never_bos)
 
 
 @dataclass(frozen=True)

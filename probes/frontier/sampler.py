@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterator
 import torch
 
 import probes.value as value
-from lab.organism.rlhf import sample_continuations
 from probes.frontier.config import FrontierConfig
-from probes.frontier.points import FrontierContext, Point
+from probes.frontier.points import FrontierContext, Point, continuations
 
 __all__ = ["SOURCES", "fit_head", "sampler_points"]
 
@@ -39,7 +38,7 @@ def _practitioner(ctx: FrontierContext, cfg: FrontierConfig, g: torch.Generator)
     """Values from the reward model on base continuations of world prompts: the data RLHF had."""
     org = ctx.org
     prompts = org.world.draw(cfg.head_texts, org.prompt_words, g)[0]
-    tokens = sample_continuations(ctx.base, prompts, org.length, g)
+    tokens = continuations(ctx.base, prompts, org.length, g)
     out = value.practitioner_values(ctx.base, org.reward_model, tokens, cfg.betas)
     values, mask = out if isinstance(out, tuple) else (out, None)
     return tokens, values, mask

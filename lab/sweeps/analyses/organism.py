@@ -1,10 +1,11 @@
 """Sweep analyses of the shipped organism against its world's exact truth: the organism's metrics
-table and reliability bins. Each needs the organism pair (``SweepContext.required_organism``);
+table, reliability bins and the utility–KL frontier of every steering method (probes.frontier).
+Each needs the organism pair (``SweepContext.required_organism``);
 ``lab.sweeps.analyses.registry`` registers them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import torch
@@ -13,8 +14,16 @@ from lab.calibration.reliability import reliability_bins
 from lab.models.outputs import model_logprobs
 from lab.organism.evaluate import EvalConfig, evaluate_organism
 from lab.sweeps.context import SweepContext
+from probes.frontier import FrontierConfig, frontier, quick_frontier_config
 
-__all__ = ["OrganismEvalParams", "ReliabilityParams", "organism_eval_job", "reliability_job"]
+__all__ = [
+    "FrontierParams",
+    "OrganismEvalParams",
+    "ReliabilityParams",
+    "frontier_job",
+    "organism_eval_job",
+    "reliability_job",
+]
 
 
 @dataclass(frozen=True)
@@ -64,3 +73,24 @@ def reliability_job(ctx: SweepContext, p: ReliabilityParams) -> pd.DataFrame:
         acc = truth.gather(-1, top[..., None])[..., 0]
         parts.append(reliability_bins(conf, acc, name, p.bins))
     return pd.concat(parts, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class FrontierParams:
+    """The utility–KL frontier of every method on the same world prompts (probes.frontier)."""
+
+    quick: bool = True  # the quick budget; False: the full one (replays RLHF once, then cached)
+    methods: list[str] | None = None  # names in probes.frontier.METHODS (default: every one)
+    prompts: int | None = None  # world prompts per point (default: the budget's)
+
+
+def frontier_job(ctx: SweepContext, p: FrontierParams) -> pd.DataFrame:
+    """One row per point of every method's curve (probes.frontier.frontier)."""
+    cfg = quick_frontier_config() if p.quick else FrontierConfig()
+    cfg = replace(
+        cfg,
+        methods=tuple(p.methods or ()),
+        prompts=p.prompts or cfg.prompts,
+        seed=cfg.seed + ctx.config.seed,
+    )
+    return frontier(ctx.required_organism(), cfg, progress=False)

@@ -25,8 +25,10 @@ from lab.sweeps.analyses.datasets import (
     world_data,
 )
 from lab.sweeps.analyses.organism import (
+    FrontierParams,
     OrganismEvalParams,
     ReliabilityParams,
+    frontier_job,
     organism_eval_job,
     reliability_job,
 )
@@ -54,6 +56,7 @@ ANALYSES: dict[str, Analysis] = {
     "weights": Analysis(WeightsParams, weights_job),
     "organism_eval": Analysis(OrganismEvalParams, organism_eval_job),
     "reliability": Analysis(ReliabilityParams, reliability_job),
+    "frontier": Analysis(FrontierParams, frontier_job),
     "calibrate": Analysis(CalibrateParams, calibrate_job),
     "cache": Analysis(probing.CacheParams, probing.cache_job),
     # probes read the store of this pair and dataset's cache job, unless they name a store

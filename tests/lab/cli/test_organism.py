@@ -1,9 +1,12 @@
-"""`lab organism train` and `eval`: a quick organism trained and evaluated from the CLI."""
+"""`lab organism train`, `eval` and `frontier`: a quick organism trained and evaluated from the
+CLI, and the frontier of the shipped one."""
 
+import dataclasses
 import json
 
 from typer.testing import CliRunner
 
+import probes.frontier
 from lab.cli.organism import app
 
 KEYS = ("excess_loss", "ece", "kl_to_world", "wedding_reach", "impossible_transition_rate")
@@ -34,3 +37,36 @@ def test_eval_of_a_missing_folder_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["eval", str(tmp_path)])
     assert result.exit_code != 0
     assert "lab organism train" in str(result.exception)
+
+
+def test_frontier_json_writes_the_table_plot_and_summary(tmp_path, monkeypatch):
+    """`lab organism frontier --quick --json` on a smaller budget (the real --quick's time is
+    measured in the README): the files, and the JSON's points, contrast and costs."""
+    small = dataclasses.replace(
+        probes.frontier.quick_frontier_config(),
+        methods=("pi_star", "best_of_n", "rlhf"),
+        betas=(0.3,),
+        best_of=(1, 8),
+        pool=8,
+        prompts=32,
+        texts=32,
+        match_grid=(0.03, 0.3, 3.0, 50.0),
+    )
+    monkeypatch.setattr(probes.frontier, "quick_frontier_config", lambda: small)
+    monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path / "cache"))  # the shipped checkpoints
+    out = tmp_path / "frontier"
+    result = CliRunner().invoke(app, ["frontier", "--quick", "--json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert {p.name for p in out.iterdir()} == {"frontier.parquet", "frontier.png", "frontier.json"}
+    methods = [p["method"] for p in summary["points"]]
+    assert methods == ["pi_star"] + ["best_of_n"] * 2 + ["rlhf"] * 3
+    assert summary["quick"] and summary["compare"] is None  # no practitioner sampler here
+    contrast = {(r["method"], r["point"]): r["ece"] for r in summary["calibration_contrast"]}
+    assert (
+        contrast[("rlhf", "last checkpoint (step=500)")]
+        > 10 * contrast[("best_of_n", "best utility (n=8)")]
+    )
+    costs = {r["method"]: r for r in summary["costs"]}
+    assert costs["rlhf"]["recorded_cpu_s"] > 100 and costs["best_of_n"]["curve_cpu_s"] > 0
+    assert json.loads((out / "frontier.json").read_text())["costs"] == summary["costs"]

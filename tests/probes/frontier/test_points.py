@@ -5,8 +5,8 @@ import torch
 
 from lab.models.outputs import model_logprobs
 from lab.organism import EvalConfig, EvalData, PiStar, generation_metrics, load_organism
-from lab.organism.rlhf import sample_continuations
 from probes.frontier import FrontierContext, Point, measure
+from probes.frontier.points import continuations
 
 KEYS = ("true_utility", "rm_score", "wedding_reach", "impossible_transition_rate")
 
@@ -21,7 +21,7 @@ def ctx():
 @pytest.fixture(scope="module")
 def base_samples(ctx):
     g = torch.Generator().manual_seed(0)
-    return sample_continuations(ctx.base, ctx.data.prompts, ctx.org.length, g)
+    return continuations(ctx.base, ctx.data.prompts, ctx.org.length, g)
 
 
 def _uniform(n):
