@@ -4,13 +4,13 @@
     python benchmarks/real_sweep.py --json --out runs/smollm2-timed
 
 Needs the cached pair (`lab fetch smollm2` and `lab fetch smollm2 --steer wedding`). Each command
-runs as a subprocess in a fresh run folder (nothing reused). Reported: wall time of the sweep and
-of the report, peak RSS of the largest child (``resource.getrusage(RUSAGE_CHILDREN)``, read after
-each), the machine's load average before and after (the figures are only as good as the CPU was
-free), and from the run's tables: the top-5 steering components of the tuned model (share of
-KL(tuned || base) and of the wedding words' probability removed, with 90% intervals), how many
-components classify patched exactly, the attribution mass left out, and the exact-vs-attribution
-rank correlation on the candidates.
+runs as a subprocess in a fresh run folder (nothing reused). Reported: wall and CPU time of the
+sweep and of the report, peak RSS of the largest child (``resource.getrusage(RUSAGE_CHILDREN)``,
+read after each), the machine's load average before and after (the wall time is only as good as
+the CPU was free; the CPU time much less sensitive), and from the run's tables: the top-5
+steering components of the tuned model (share of KL(tuned || base) and of the wedding words'
+probability removed, with 90% intervals), how many components classify patched exactly, the
+attribution mass left out, and the exact-vs-attribution rank correlation on the candidates.
 """
 
 from __future__ import annotations
@@ -42,12 +42,16 @@ def _lab() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "lab.cli"]
 
 
-def _timed(args: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB of the largest child so far) of one subprocess."""
+def _timed(args: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in MiB of the largest child so far) of one
+    subprocess; CPU time (user + system) barely depends on what else loads the machine."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(args, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     seconds = time.perf_counter() - start
-    return round(seconds, 1), round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return round(seconds, 1), round(cpu, 1), round(after.ru_maxrss / 1024)
 
 
 def _top(scores: pd.DataFrame, metric: str, n: int = 5) -> list[dict]:
@@ -88,14 +92,16 @@ def main() -> None:
     if out.exists():
         raise SystemExit(f"{out} exists; give a fresh run folder (the timing must not reuse one).")
     load_before = os.getloadavg()
-    sweep_s, sweep_rss = _timed([*_lab(), "sweep", str(args.config), "--out", str(out)])
-    report_s, rss = _timed([*_lab(), "report", str(out)])
+    sweep_s, sweep_cpu, sweep_rss = _timed([*_lab(), "sweep", str(args.config), "--out", str(out)])
+    report_s, report_cpu, rss = _timed([*_lab(), "report", str(out)])
     scores = pd.read_parquet(out / "classify.parquet")
     figures = {
         "run": str(out),
         "sweep_s": sweep_s,
+        "sweep_cpu_s": sweep_cpu,
         "sweep_peak_rss_mib": sweep_rss,
         "report_s": report_s,
+        "report_cpu_s": report_cpu,
         "peak_rss_mib": rss,
         "threads": os.cpu_count(),
         "load_before": [round(x, 2) for x in load_before],
