@@ -4,8 +4,8 @@ The head (``probes.value.fit_q_head``) is fit on the base's residual stream at `
 soft values of one of two sources:
 - ``oracle``: the exact soft values of the labeler's true utility (``oracle_values``) on
   ``cfg.head_texts`` world sequences and as many pi* continuations per beta (``oracle_tokens``);
-- ``practitioner``: values from the reward model on ``cfg.head_texts`` base continuations of
-  world prompts (``practitioner_values``): only the data RLHF had.
+- ``practitioner``: the reward model on ``cfg.head_texts`` base continuations of world prompts
+  only, the data RLHF had (``fit_practitioner_head``, fitted soft-Bellman iteration).
 One head covers every beta of ``cfg.betas`` (one ridge solve over all outputs); each point is the
 base reweighted by it at that beta (``guided_policy``), with prediction queries left to the base.
 The curve's cost is the fit plus the decoding at every beta.
@@ -24,37 +24,38 @@ from probes.frontier.points import FrontierContext, Point, continuations
 __all__ = ["SOURCES", "fit_head", "sampler_points"]
 
 
-def _oracle(ctx: FrontierContext, cfg: FrontierConfig, g: torch.Generator):
-    """Exact soft values of the true utility on world text and pi* continuations (the tokens
-    ``probes.value.oracle_tokens`` draws)."""
+def _oracle(ctx: FrontierContext, cfg: FrontierConfig, g: torch.Generator) -> value.QHead:
+    """A head fit to the exact soft values of the true utility on world text and pi*
+    continuations (the tokens ``probes.value.oracle_tokens`` draws)."""
     org = ctx.org
     tokens = value.oracle_tokens(
         org.world, org.labeler, cfg.head_texts, org.length, org.prompt_words, cfg.betas, g
     )
-    return tokens, value.oracle_values(org.world, org.labeler, tokens, cfg.betas, org.length), None
+    values = value.oracle_values(org.world, org.labeler, tokens, cfg.betas, org.length)
+    return value.fit_q_head(ctx.base, tokens, values, cfg.layer, betas=cfg.betas)
 
 
-def _practitioner(ctx: FrontierContext, cfg: FrontierConfig, g: torch.Generator):
-    """Values from the reward model on base continuations of world prompts: the data RLHF had."""
+def _practitioner(ctx: FrontierContext, cfg: FrontierConfig, g: torch.Generator) -> value.QHead:
+    """A head from the reward model on base continuations of world prompts only, the data RLHF
+    had (``probes.value.fit_practitioner_head``: fitted soft-Bellman iteration)."""
     org = ctx.org
     prompts = org.world.draw(cfg.head_texts, org.prompt_words, g)[0]
     tokens = continuations(ctx.base, prompts, org.length, g)
-    out = value.practitioner_values(ctx.base, org.reward_model, tokens, cfg.betas)
-    values, mask = out if isinstance(out, tuple) else (out, None)
-    return tokens, values, mask
+    return value.fit_practitioner_head(
+        ctx.base, org.reward_model, tokens, cfg.betas, start=ctx.start, layer=cfg.layer
+    )
 
 
-# where a head's fitting tokens and targets come from, by name: (tokens, values, mask or None)
-SOURCES: dict[str, Callable[[FrontierContext, FrontierConfig, torch.Generator], tuple]] = {
+# how a head is fit, by the source of its values
+SOURCES: dict[str, Callable[[FrontierContext, FrontierConfig, torch.Generator], value.QHead]] = {
     "oracle": _oracle,
     "practitioner": _practitioner,
 }
 
 
 def fit_head(ctx: FrontierContext, cfg: FrontierConfig, source: str) -> value.QHead:
-    """A Q head on the base at ``cfg.layer``, fit to ``source``'s values over all ``cfg.betas``."""
-    tokens, values, mask = SOURCES[source](ctx, cfg, torch.Generator().manual_seed(cfg.seed + 11))
-    return value.fit_q_head(ctx.base, tokens, values, cfg.layer, betas=cfg.betas, mask=mask)
+    """A Q head on the base at ``cfg.layer`` for every beta of ``cfg.betas``, from ``source``."""
+    return SOURCES[source](ctx, cfg, torch.Generator().manual_seed(cfg.seed + 11))
 
 
 def sampler_points(source: str) -> Callable[[FrontierContext, FrontierConfig], Iterator[Point]]:
