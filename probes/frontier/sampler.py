@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 import probes.value as value
+from lab.organism.metrics import never_bos
 from probes.frontier.config import FrontierConfig
 from probes.frontier.points import FrontierContext, Point, continuations
 
@@ -63,8 +64,9 @@ def sampler_points(source: str) -> Callable[[FrontierContext, FrontierConfig], I
 
     def points(ctx: FrontierContext, cfg: FrontierConfig) -> Iterator[Point]:
         head = fit_head(ctx, cfg, source)
+        words = never_bos(ctx.org.world.vocab_size)  # as every policy here: BOS is never drawn
         for beta in cfg.betas:
-            policy = value.guided_policy(ctx.base, head, beta)
+            policy = value.guided_policy(ctx.base, head, beta, mask=words)
             g = torch.Generator().manual_seed(cfg.seed)
             samples = policy.sample(ctx.data.prompts, ctx.org.length, g)
             yield Point(
