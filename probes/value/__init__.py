@@ -13,27 +13,39 @@ Quick tour::
     policy = guided_policy(base, head, beta=0.2)                # any beta in the grid's range
     policy.sample(prompts, org.length, generator)
     head.save("runs/qhead"); QHead.load("runs/qhead")           # safetensors + json
+    # the practitioner: the reward model and base samples only (fitted soft-Bellman iteration)
+    samples = as_policy(base).sample(prompts, org.length, generator)
+    head = fit_practitioner_head(base, org.reward_model, samples, betas, start=org.prompt_words + 1)
 """
 
-from probes.value.fit import centre, fit_q_head, head_r2, q_head_r2
+from probes.value.fit import centre, fit_observed, fit_q_head, head_r2, q_head_r2
 from probes.value.guided import MASS_WARNING, TopKMassWarning, guided_logprobs, guided_policy
 from probes.value.head import QHead, check_beta
 from probes.value.oracle import oracle_tokens, oracle_values
+from probes.value.practitioner import fit_practitioner_head, practitioner_values
 from probes.value.residual import fingerprint, logprobs_and_residual
+from probes.value.reward import Reward, as_reward, check_reward, load_reward_model
 
 __all__ = [
     "MASS_WARNING",
     "QHead",
+    "Reward",
     "TopKMassWarning",
+    "as_reward",
     "centre",
     "check_beta",
+    "check_reward",
     "fingerprint",
+    "fit_observed",
+    "fit_practitioner_head",
     "fit_q_head",
     "guided_logprobs",
     "guided_policy",
     "head_r2",
+    "load_reward_model",
     "logprobs_and_residual",
     "oracle_tokens",
     "oracle_values",
+    "practitioner_values",
     "q_head_r2",
 ]

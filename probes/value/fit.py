@@ -32,10 +32,10 @@ from probes.linear.solvers import fit_ridge
 from probes.value.head import QHead
 from probes.value.residual import fingerprint, logprobs_and_residual, model_name, n_layers
 
-__all__ = ["centre", "fit_q_head", "head_r2", "q_head_r2"]
+__all__ = ["centre", "fit_observed", "fit_q_head", "head_r2", "q_head_r2"]
 
 ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # ridge penalties, times trace(X^T X) / d
-_MIN_ROWS = 8  # a token column observed on fewer rows keeps the pooled fit
+_MIN_ROWS = 8  # a token column observed on fewer rows (or d_model) keeps the pooled fit
 
 
 def centre(values: Float[Tensor, "... vocab"]) -> Float[Tensor, "... vocab"]:
@@ -79,21 +79,29 @@ def _fit_dense(x: Tensor, y: Tensor, train: Tensor) -> tuple[Tensor, Tensor]:
     return w[0].reshape(x.shape[1], *y.shape[1:]), b[0].reshape(y.shape[1:])
 
 
-def _fit_sparse(x: Tensor, y: Tensor, observed: Tensor, train: Tensor) -> tuple[Tensor, Tensor]:
-    """Pooled ridge on every observed (row, token), then each token column's remainder."""
-    vocab = y.shape[2]
-    row, col = observed.nonzero(as_tuple=True)
-    xo, yo = x[row], y[row, :, col]  # one row per observed (prefix, token)
+def fit_observed(
+    x: Float[Tensor, "row d_model"],
+    yo: Float[Tensor, "obs beta"],
+    row: Int[Tensor, " obs"],
+    col: Int[Tensor, " obs"],
+    vocab: int,
+    train: Bool[Tensor, " row"],
+) -> tuple[Tensor, Tensor]:
+    """Sparse targets ``yo`` of token ``col`` after prefix ``row``: a pooled ridge on every
+    observed (row, token), then each token column's remainder on its own rows, with its own
+    held-out penalty (a column with fewer rows than ``_MIN_ROWS`` or d_model keeps the pooled
+    fit). Returns weight[d beta vocab], bias[beta vocab]."""
+    xo = x[row]  # one row per observed (prefix, token)
     alpha = _choose(xo, yo, train[row])
     pw, pb = (t[0] for t in _ridge(xo, yo, alpha))  # [d beta], [beta]
     weight = pw[:, :, None].repeat(1, 1, vocab)
     bias = pb[:, None].repeat(1, vocab)
     rest = yo - (xo @ pw + pb)
-    for v in range(vocab):
+    for v in col.unique().tolist():
         mine = col == v
-        if int(mine.sum()) < _MIN_ROWS:
+        if int(mine.sum()) < max(_MIN_ROWS, x.shape[1]):
             continue
-        w, b = _ridge(xo[mine], rest[mine], alpha)
+        w, b = _ridge(xo[mine], rest[mine], _choose(xo[mine], rest[mine], train[row][mine]))
         weight[:, :, v] += w[0]
         bias[:, v] += b[0]
     return weight, bias
@@ -108,6 +116,8 @@ def _fit(
     """weight[d beta vocab], bias[beta vocab] for dense or sparse targets (see the docstring)."""
     finite = torch.isfinite(y).all(1)  # [row vocab]
     never = ~finite.any(0)  # tokens never emitted (dense targets -inf everywhere)
+    if observed is not None and (observed & ~finite).any():
+        raise LabError("Q targets must be finite wherever the mask marks them observed.")
     if observed is None and not (finite | never[None]).all():
         raise LabError(
             "Dense Q targets must be finite for every prefix, or -inf for a token everywhere; "
@@ -119,7 +129,8 @@ def _fit(
         b = torch.full(y.shape[1:], -torch.inf, dtype=torch.float64)
         w[:, :, keep], b[:, keep] = _fit_dense(x, centre(y[:, :, keep]), train)
         return w, b
-    return _fit_sparse(x, y.nan_to_num(0.0, 0.0, 0.0), observed & torch.isfinite(y).all(1), train)
+    row, col = observed.nonzero(as_tuple=True)
+    return fit_observed(x, y[row, :, col], row, col, y.shape[2], train)
 
 
 def _split(batch: int, pos: int, held_out: float) -> Tensor:

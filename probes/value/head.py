@@ -3,9 +3,10 @@
 ``QHead.values(resid)`` gives Q_beta(h, x) for every grid beta and next token x, from the
 residual stream at prefix h. At decode time any beta in the grid's range is allowed: Q_beta / beta
 is interpolated linearly in log(beta) between the two nearest grid points (exact at grid points,
-approximate between them). A head remembers the model (``fingerprint`` of its weights) and layer
-it was fitted on, and ``check`` refuses any other. It is saved as safetensors (weights) plus JSON
-(everything else), never pickle.
+approximate between them). A head may clamp its values into ``bounds`` (the practitioner's: the
+reward's range, which every soft value of that reward lies in). A head remembers the model
+(``fingerprint`` of its weights) and layer it was fitted on, and ``check`` refuses any other. It
+is saved as safetensors (weights) plus JSON (everything else), never pickle.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class QHead:
     vocab: int  # tokens per beta
     model_id: str  # fingerprint of the model's weights it was fitted on
     model_name: str = ""  # where that model was loaded from (for messages)
+    bounds: tuple[float, float] | None = None  # Q clamped into [low, high] (None: unclamped)
 
     def __post_init__(self) -> None:
         if list(self.betas) != sorted(set(self.betas)) or not self.betas:
@@ -75,8 +77,11 @@ class QHead:
 
     def values(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... beta vocab"]:
         """Q_beta(h, x) at every grid beta for every token."""
-        out = resid.to(self.weight.dtype) @ self.weight + self.bias
+        out = self._clamp(resid.to(self.weight.dtype) @ self.weight + self.bias)
         return einops.rearrange(out, "... (beta v) -> ... beta v", v=self.vocab)
+
+    def _clamp(self, q: Tensor) -> Tensor:
+        return q if self.bounds is None else q.clamp(*self.bounds)
 
     def at(
         self,
@@ -102,7 +107,7 @@ class QHead:
             else:
                 cols = einops.rearrange(w[i][:, tokens], "d ... k -> ... k d")
                 q = einops.einsum(cols, resid, "... k d, ... d -> ... k") + b[i][tokens]
-            return q / self.betas[i]
+            return self._clamp(q) / self.betas[i]
 
         if frac in (0.0, 1.0):
             return beta * soft(hi if frac == 1.0 else lo)
@@ -140,6 +145,7 @@ class QHead:
             "vocab": self.vocab,
             "model_id": self.model_id,
             "model_name": self.model_name,
+            "bounds": None if self.bounds is None else list(self.bounds),
         }
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
         return path
@@ -163,6 +169,7 @@ class QHead:
             vocab=int(meta["vocab"]),
             model_id=meta["model_id"],
             model_name=meta.get("model_name", ""),
+            bounds=None if meta.get("bounds") is None else tuple(meta["bounds"]),
         )
 
 
