@@ -1,6 +1,6 @@
 """The ``lab`` command: errors print as one line (a traceback only with ``--debug``).
 
-Start-up cost: the organism and calibration commands import their implementation
+Start-up cost: the organism, calibration and steer commands import their implementation
 (lab.organism, pandas, lab.calibration with matplotlib) when they run, not at the top of their
 modules. Measured on the 2-core machine (CPU time of ``lab --help``, mean of 5 runs): 7.1 s with
 those imports inside the commands, 8.6 s with every CLI import at the top (+1.5 s; matplotlib
@@ -14,7 +14,7 @@ import sys
 import click
 import typer
 
-from lab.cli import cache, calibrate, fetch, organism, pair, runs
+from lab.cli import cache, calibrate, fetch, organism, pair, runs, steer
 from lab.errors import LabError
 from lab.runtime import configure_threads
 
@@ -45,6 +45,7 @@ app.command("report")(runs.report)
 app.command("calibrate")(calibrate.calibrate)
 app.command("cache")(cache.cache)
 app.command("fetch")(fetch.fetch_command)
+app.command("steer")(steer.steer)
 app.add_typer(cache.store_app, name="store")
 app.add_typer(organism.app, name="organism")
 

@@ -25,6 +25,13 @@ from probes.value.oracle import oracle_tokens, oracle_values
 from probes.value.practitioner import fit_practitioner_head, practitioner_values
 from probes.value.residual import fingerprint, logprobs_and_residual
 from probes.value.reward import Reward, as_reward, check_reward, load_reward_model
+from probes.value.steer import (
+    base_samples,
+    organism_head,
+    steer_model,
+    steer_organism,
+    word_reward,
+)
 
 __all__ = [
     "MASS_WARNING",
@@ -32,6 +39,7 @@ __all__ = [
     "Reward",
     "TopKMassWarning",
     "as_reward",
+    "base_samples",
     "centre",
     "check_beta",
     "check_reward",
@@ -46,6 +54,10 @@ __all__ = [
     "logprobs_and_residual",
     "oracle_tokens",
     "oracle_values",
+    "organism_head",
     "practitioner_values",
     "q_head_r2",
+    "steer_model",
+    "steer_organism",
+    "word_reward",
 ]

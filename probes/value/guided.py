@@ -41,6 +41,47 @@ def _model_mask(model: torch.nn.Module, vocab: int) -> Bool[Tensor, " vocab"]:
     return emittable(model, vocab)
 
 
+def _guided(
+    model: torch.nn.Module,
+    head: QHead,
+    tokens: Tensor,
+    beta: float,
+    top_k: int | None,
+    mask: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """(log pi_Q [batch pos vocab], base mass left out by top-k [batch pos])."""
+    logp, resid = logprobs_and_residual(model, tokens, head.layer)
+    vocab = logp.shape[-1]
+    if vocab != head.vocab:
+        raise LabError(f"The Q head covers {head.vocab} tokens; the model has {vocab} logits.")
+    allowed = _model_mask(model, vocab) if mask is None else mask
+    logp = logp.masked_fill(~allowed, -torch.inf)
+    logp = logp - torch.logsumexp(logp, -1, keepdim=True)
+    if top_k is None or top_k >= int(allowed.sum()):
+        scores = logp + head.at(resid, beta).double() / beta
+        left_out = torch.zeros(logp.shape[:-1], dtype=torch.float64)
+    else:
+        if top_k < 1:
+            raise LabError(f"top_k must be >= 1 (or None for every token); got {top_k}.")
+        top = logp.topk(top_k, -1)
+        left_out = (1 - top.values.exp().sum(-1)).clamp(min=0.0)
+        cand = top.values + head.at(resid, beta, top.indices).double() / beta
+        scores = torch.full_like(logp, -torch.inf).scatter(-1, top.indices, cand)
+    return scores - torch.logsumexp(scores, -1, keepdim=True), left_out
+
+
+def _warn(left_out: Tensor, top_k: int | None, threshold: float) -> None:
+    """One warning giving the base mass that top-k left out, when above ``threshold``."""
+    if left_out.numel() and float(left_out.max()) > threshold:
+        warnings.warn(
+            f"top_k={top_k} leaves out up to {float(left_out.max()):.3f} of the base's "
+            f"probability mass (mean {float(left_out.mean()):.3f}), above the stated "
+            f"{threshold:g}; raise top_k (None: every token, exact).",
+            TopKMassWarning,
+            stacklevel=3,
+        )
+
+
 def guided_logprobs(
     model: torch.nn.Module,
     head: QHead,
@@ -53,31 +94,9 @@ def guided_logprobs(
 ) -> Float[Tensor, "batch pos vocab"]:
     """log pi_Q(next token | prefix) at every position (float64; -inf outside the candidates)."""
     beta = check_beta(beta, head.betas)
-    logp, resid = logprobs_and_residual(model, tokens, head.layer)
-    vocab = logp.shape[-1]
-    if vocab != head.vocab:
-        raise LabError(f"The Q head covers {head.vocab} tokens; the model has {vocab} logits.")
-    allowed = _model_mask(model, vocab) if mask is None else mask
-    logp = logp.masked_fill(~allowed, -torch.inf)
-    logp = logp - torch.logsumexp(logp, -1, keepdim=True)
-    if top_k is None or top_k >= int(allowed.sum()):
-        scores = logp + head.at(resid, beta).double() / beta
-    else:
-        if top_k < 1:
-            raise LabError(f"top_k must be >= 1 (or None for every token); got {top_k}.")
-        top = logp.topk(top_k, -1)
-        left_out = 1 - top.values.exp().sum(-1)
-        if float(left_out.max()) > mass_warning:
-            warnings.warn(
-                f"top_k={top_k} leaves out up to {float(left_out.max()):.3f} of the base's "
-                f"probability mass (mean {float(left_out.mean()):.3f}), above the stated "
-                f"{mass_warning:g}; raise top_k (None: every token, exact).",
-                TopKMassWarning,
-                stacklevel=2,
-            )
-        cand = top.values + head.at(resid, beta, top.indices).double() / beta
-        scores = torch.full_like(logp, -torch.inf).scatter(-1, top.indices, cand)
-    return scores - torch.logsumexp(scores, -1, keepdim=True)
+    out, left_out = _guided(model, head, tokens, beta, top_k, mask)
+    _warn(left_out, top_k, mass_warning)
+    return out
 
 
 def guided_policy(
@@ -105,8 +124,16 @@ def guided_policy(
 
     @torch.no_grad()
     def draw(prompts: Tensor, length: int, generator: torch.Generator | None) -> Tensor:
+        left_out = []  # the mass left out at each drawn position: one warning per call
+
+        def step(tokens: Tensor) -> Tensor:
+            out, mass = _guided(model, head, tokens, beta, top_k, mask)
+            left_out.append(mass[:, -1])
+            return out
+
         # -inf outside the candidates: the sampler's softmax leaves them at probability 0
-        step = recompute(logprobs)
-        return sample(step, prompts, length + 1 - prompts.shape[1], generator)
+        tokens = sample(recompute(step), prompts, length + 1 - prompts.shape[1], generator)
+        _warn(torch.cat(left_out) if left_out else torch.zeros(0), top_k, mass_warning)
+        return tokens
 
     return Policy(logprobs, draw)
