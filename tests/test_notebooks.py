@@ -42,6 +42,20 @@ CHECKS = {
             and v["kv_heads"] == 2
         ),
     ),
+    "05_model_based": (
+        "{'star': float(table[table.method == 'pi_star'].true_utility.max()),"
+        " 'others': float(table[table.method != 'pi_star'].true_utility.max()),"
+        " 'rlhf_ece': float(table[table.method == 'rlhf'].ece.max()),"
+        " 'kept_ece': float(table[table.predictor == 'base'].ece.max()),"
+        " 'oracle_kl': float(table[(table.method == 'sampler_oracle') & (table.knob == 1.0)]"
+        ".kl_to_pi_star.iloc[0]), 'r2': float(r2.r2.max())}",
+        lambda v: (
+            v["star"] > v["others"]  # nothing beats pi* of the true utility
+            and v["rlhf_ece"] > 10 * v["kept_ece"]  # the calibration contrast
+            and v["oracle_kl"] < 0.05  # the oracle sampler sits on pi* (beta = 1)
+            and v["r2"] > 0.9  # the value is linearly readable
+        ),
+    ),
 }
 
 
@@ -71,4 +85,4 @@ def test_notebook_is_stripped(path):
 
 def test_the_notebooks_are_there():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"01_tour", "04_your_checkpoints"} <= names
+    assert {"01_tour", "04_your_checkpoints", "05_model_based"} <= names
