@@ -13,6 +13,7 @@ Quick tour::
     policy = guided_policy(base, head, beta=0.2)                # any beta in the grid's range
     policy.sample(prompts, org.length, generator)
     head.save("runs/qhead"); QHead.load("runs/qhead")           # safetensors + json
+    read_value_head(org.pair, head, tokens, org.world, org.labeler, beta=0.3, top=["L1 MLP"])
     # the practitioner: the reward model and base samples only (fitted soft-Bellman iteration)
     samples = as_policy(base).sample(prompts, org.length, generator)
     head = fit_practitioner_head(base, org.reward_model, samples, betas, start=org.prompt_words + 1)
@@ -23,6 +24,7 @@ from probes.value.guided import MASS_WARNING, TopKMassWarning, guided_logprobs, 
 from probes.value.head import QHead, check_beta
 from probes.value.oracle import oracle_tokens, oracle_values
 from probes.value.practitioner import fit_practitioner_head, practitioner_values
+from probes.value.read import component_shifts, read_value_head, scene_direction
 from probes.value.residual import fingerprint, logprobs_and_residual
 from probes.value.reward import Reward, as_reward, check_reward, load_reward_model
 from probes.value.steer import (
@@ -43,6 +45,7 @@ __all__ = [
     "centre",
     "check_beta",
     "check_reward",
+    "component_shifts",
     "fingerprint",
     "fit_observed",
     "fit_practitioner_head",
@@ -57,6 +60,8 @@ __all__ = [
     "organism_head",
     "practitioner_values",
     "q_head_r2",
+    "read_value_head",
+    "scene_direction",
     "steer_model",
     "steer_organism",
     "word_reward",
