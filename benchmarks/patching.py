@@ -1,6 +1,7 @@
 """Activation patching against transformer_lens.patching: equal, faster, and on the organism.
 
     python benchmarks/patching.py [--quick] [--json] [--device cpu|cuda] [--threads 1]
+    python benchmarks/patching.py --sections olmo --device cuda --json   # the OLMo-2-1B sweep
 
 Everything it needs is built here (random checkpoints from ``lab.testing``, random tokens), except
 the organism, which is used when ``data/organism`` holds it (else an organism-shaped random pair
@@ -21,6 +22,18 @@ stands in, and the report says so).
   tuned model (share of its excess wedding-word probability and of KL(tuned || base) removed) and
   tuned into base (share induced); the top components, the share that the top five carry when
   patched together, and attribution patching's rank correlation with the exact sweep.
+- olmo (``--sections ...,olmo``; ``benchmarks/gpu.sh`` runs it on a GPU): a head x position
+  denoising sweep (``z``, every head of every layer at every position, logit difference at the
+  last position) on a random pair of OLMo-2-1B's shape (16 layers, d_model 2048, 16 heads,
+  d_mlp 8192, vocabulary 100,352; ``--olmo-shape tiny`` for a CPU dry run), 100 prompts x 64
+  tokens, in ``--olmo-dtype`` (float32, with TF32 matrix products on a GPU: transformer_lens
+  4.3's OLMo-2 attention fails in bfloat16 and float16, its query float32 against a half-precision
+  value). Layers are swept in order until ``--olmo-budget-s``
+  runs out (``layers_done``; the first layers have the largest cones, so a partial sweep is the
+  costly part). ``transformer_lens.patching`` runs a random sample of the swept sites
+  (``--olmo-sample``), one full forward each, on the same model, prompts and metric; its time for
+  all the swept sites is its clean cache run plus its mean per-site time times their number
+  (``transformer_lens_extrapolated_s``, labelled so), and ``max_abs_diff`` compares the sample.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,6 +67,14 @@ GPT2_SMALL = TinySpec(
     arch="gpt2", vocab_size=50257, d_model=768, n_layers=12, n_heads=12, n_ctx=256
 )
 ORGANISM_LIKE = TinySpec(arch="gpt2", d_model=96, n_layers=2, n_heads=4, n_ctx=64)
+# allenai/OLMo-2-0425-1B's config (untied embeddings), and a tiny one of the same architecture
+OLMO_SHAPES = {
+    "olmo2-1b": TinySpec(
+        arch="olmo2", vocab_size=100352, d_model=2048, n_layers=16, n_heads=16, d_mlp=8192
+    ),
+    "tiny": TinySpec(arch="olmo2", vocab_size=512, d_model=64, n_layers=2, n_heads=4),
+}
+SECTIONS = ("equal", "speed", "organism", "olmo")
 WEDDING = ("bride", "groom", "ring", "vows", "cake")
 
 
@@ -286,27 +308,142 @@ def _rows(table: pd.DataFrame) -> list[dict]:
     ]
 
 
+# ---- olmo: a head x position sweep at a real model's size --------------------------------------
+def olmo(tmp: Path, device: str, args) -> dict:
+    spec = replace(OLMO_SHAPES[args.olmo_shape], n_ctx=max(args.olmo_pos, 16))
+    tf32 = device.startswith("cuda")  # both sides' matrix products in TF32 on a GPU
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    start = time.perf_counter()
+    folder = make_checkpoint(tmp / "olmo2", spec)
+    made = time.perf_counter() - start
+    start = time.perf_counter()
+    model = load_pair(folder, folder, device=device, dtype=args.olmo_dtype).base
+    loaded = time.perf_counter() - start
+    n_pos, batch, vocab = args.olmo_pos, args.olmo_prompts, spec.vocab_size
+    clean, corrupted = (t.to(device) for t in random_prompts(vocab, batch, n_pos))
+    metric = logit_diff(batch, vocab)  # at the last position
+    rows = 8192 if device.startswith("cuda") else PatchConfig().rows_per_forward
+    cfg = PatchConfig(rows_per_forward=rows, progress=False)
+    with torch.inference_mode():
+        model(clean[:2])  # warm-up (kernels, allocator)
+    tables, per_layer = [], []
+    begin = time.perf_counter()
+    for layer in range(spec.n_layers):  # layer by layer, until the budget runs out
+        sites = [Site("z", layer, h, p) for h in range(spec.n_heads) for p in range(n_pos)]
+        sync(device)
+        t = time.perf_counter()
+        tables.append(denoise(model, clean, corrupted, sites, metric, config=cfg))
+        sync(device)
+        per_layer.append(round(time.perf_counter() - t, 3))
+        log(f"olmo: layer {layer} swept in {per_layer[-1]:.1f} s")
+        if time.perf_counter() - begin > args.olmo_budget_s:
+            break
+    ours_s = time.perf_counter() - begin
+    ours = pd.concat(tables, ignore_index=True)
+
+    # transformer_lens.patching on a random sample of the swept sites: one forward per site
+    g = torch.Generator().manual_seed(1)
+    pick = torch.randperm(len(ours), generator=g)[: args.olmo_sample].tolist()
+    sample = ours.iloc[pick]
+    index = pd.DataFrame(
+        {"layer": sample["layer"], "pos": sample["position"], "head_index": sample["head"]}
+    ).astype(int)
+    hooks = {f"blocks.{layer}.attn.hook_z" for layer in index["layer"]}
+    sync(device)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(clean, names_filter=lambda n: n in hooks)
+    sync(device)
+    cache_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ref = tlp.generic_activation_patch(
+        model,
+        corrupted,
+        cache,
+        tl_metric(metric),
+        tlp.layer_pos_head_vector_patch_setter,
+        "z",
+        index_df=index,
+    )
+    sync(device)
+    per_site = (time.perf_counter() - t) / len(index)
+    diff = (torch.tensor(sample["value"].to_numpy()) - ref.detach().cpu().double()).abs()
+    scale = float(ours["value"].abs().max()) or 1.0
+    tl_s = cache_s + per_site * len(ours)
+    return {
+        "shape": args.olmo_shape,
+        "spec": {k: getattr(spec, k) for k in ("vocab_size", "d_model", "n_layers", "n_heads")},
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "dtype": args.olmo_dtype,
+        "tf32": tf32,
+        "prompts": batch,
+        "n_pos": n_pos,
+        "rows_per_forward": rows,
+        "make_checkpoint_s": round(made, 1),
+        "load_s": round(loaded, 1),
+        "layers_done": len(tables),
+        "sites": len(ours),
+        "sites_all_layers": spec.n_layers * spec.n_heads * n_pos,
+        "ours_s": round(ours_s, 2),
+        "ours_s_by_layer": per_layer,
+        "transformer_lens_sample_sites": len(index),
+        "transformer_lens_s_per_site": round(per_site, 4),
+        "transformer_lens_cache_s": round(cache_s, 3),
+        "transformer_lens_extrapolated_s": round(tl_s, 1),
+        "speedup_vs_transformer_lens_extrapolated": round(tl_s / ours_s, 2),
+        "max_abs_diff": float(diff.max()),
+        "max_abs_diff_relative_to_largest_value": float(diff.max()) / scale,
+    }
+
+
 def main() -> None:
     ap = benchmark_parser(
         __doc__, quick="a subset of sites, under two minutes", threads="torch threads (both sides)"
     )
+    ap.add_argument(
+        "--sections",
+        default="equal,speed,organism",
+        help=f"comma-separated, of {', '.join(SECTIONS)} (olmo: the OLMo-2-1B-shaped sweep)",
+    )
+    ap.add_argument("--olmo-shape", choices=OLMO_SHAPES, default="olmo2-1b")
+    ap.add_argument("--olmo-dtype", default="float32", help="the OLMo-shaped model's dtype")
+    ap.add_argument("--olmo-prompts", type=int, default=100)
+    ap.add_argument("--olmo-pos", type=int, default=64, help="tokens per prompt")
+    ap.add_argument("--olmo-budget-s", type=float, default=150.0, help="stop after the layer")
+    ap.add_argument("--olmo-sample", type=int, default=32, help="sites run by transformer_lens")
     args = ap.parse_args()
+    sections = args.sections.split(",")
+    if unknown := set(sections) - set(SECTIONS):
+        ap.error(f"unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = args.device
     result: dict = {"device": dev, "threads": args.threads, "quick": args.quick}
+    if dev.startswith("cuda"):
+        result["gpu"] = torch.cuda.get_device_name()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        result["equal"] = equal(tmp, dev)
-        result["max_abs_diff"] = result["equal"]["max_abs_diff"]
+        if "equal" in sections:
+            result["equal"] = equal(tmp, dev)
+            result["max_abs_diff"] = result["equal"]["max_abs_diff"]
+        if "speed" in sections or "organism" in sections:
+            speed_and_organism(tmp, dev, args, sections, result)
+        if "olmo" in sections:
+            result["olmo"] = olmo(tmp, dev, args)
+            log(f"olmo: {json.dumps(result['olmo'])}")
+    if args.json:
+        print(json.dumps(result, indent=1, default=str))
 
+
+def speed_and_organism(tmp: Path, dev: str, args, sections: list[str], result: dict) -> None:
+    rows = 8192 if dev.startswith("cuda") else PatchConfig().rows_per_forward
+    if "speed" in sections:
         result["speed"] = {}
         folder = make_checkpoint(tmp / "gpt2_small", GPT2_SMALL)
         model = load_pair(folder, folder, device=dev).base
         n_pos = 16 if args.quick else 24
         clean, corrupted = (t.to(dev) for t in random_prompts(GPT2_SMALL.vocab_size, 2, n_pos))
         layers = [0, 6, 11] if args.quick else list(range(GPT2_SMALL.n_layers))
-        rows = 8192 if dev.startswith("cuda") else PatchConfig().rows_per_forward
         repeats = 3 if dev.startswith("cuda") else 1
         result["speed"]["gpt2_small"] = speed(
             model, clean, corrupted, logit_diff(2, 50257), layers, dev, repeats, rows
@@ -314,7 +451,8 @@ def main() -> None:
         log(f"speed gpt2_small: {result['speed']['gpt2_small']}")
         del model
 
-        pair, tokens, wedding, name = organism(tmp, dev)
+    pair, tokens, wedding, name = organism(tmp, dev)
+    if "speed" in sections:
         vocab = pair.cfg.d_vocab
         for batch in (1, 8):
             clean = tokens[:batch].to(dev)
@@ -327,9 +465,8 @@ def main() -> None:
             log(f"speed {key}: {result['speed'][key]}")
         for key in ("speedup_vs_transformer_lens", "speedup_vs_transformer_lens_after_full_gc"):
             result[key] = {k: v[key] for k, v in result["speed"].items() if key in v}
+    if "organism" in sections:
         result["organism"] = {"model": name, **cross(pair, tokens.to(dev), wedding)}
-    if args.json:
-        print(json.dumps(result, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -21,15 +21,14 @@ comparison. Also the largest held-out accuracy gap in points between our default
 sklearn's tight one; what our data passes alone cost (``ours_data_passes_only_s``: two products
 per iteration, timed at the same shapes, times the iterations made) and so the most any work
 around them could gain (``speedup_ceiling_at_our_iterations``); and, on a GPU, the same sweep
-there.
+there (``--device cuda``).
 ``--organism DIR`` adds probes by layer on the organism (base, tuned, random init).
 
-    .venv/bin/python benchmarks/probes.py [--quick] [--json] [--threads 1]
+    .venv/bin/python benchmarks/probes.py [--quick] [--json] [--threads 1] [--device cuda]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
@@ -46,7 +45,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from transformers import GPT2Config, GPT2Model
 
-from benchmarks.common import print_figures
+from benchmarks.common import benchmark_parser, print_figures
 from probes.linear.kinds import fit_linear, get_kind, score_map
 from probes.linear.logistic import logistic_objective
 from probes.linear.solvers import SolverConfig
@@ -277,10 +276,11 @@ def organism_report(folder: str, out: str | None, value_rollouts: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two C values (under two minutes)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and sklearn")
+    parser = benchmark_parser(
+        __doc__,
+        quick="two C values (under two minutes)",
+        threads="CPU threads for torch and sklearn",
+    )
     parser.add_argument("--organism", metavar="DIR", help="also probe an organism folder by layer")
     parser.add_argument("--out", metavar="DIR", help="write the organism table and plots here")
     parser.add_argument(
@@ -366,8 +366,8 @@ def main() -> None:
         ),
         "test_accuracy_by_layer_base": [round(a, 3) for a in ours_acc[0, :, -1, 1].tolist()],
     }
-    if torch.cuda.is_available():
-        gpu = torch.device("cuda")
+    if args.device.startswith("cuda"):  # the same sweep on the GPU
+        gpu = torch.device(args.device)
         gpu_stacks = [s.to(gpu) for s in stacks]
         ours_sweep(gpu_stacks, y, split, cs, default, gpu)  # warm-up (kernels, allocator)
         gpu_s, gpu_acc, gpu_fit = ours_sweep(gpu_stacks, y, split, cs, default, gpu)
