@@ -48,12 +48,14 @@ CHECKS = {
         " 'rlhf_ece': float(table[table.method == 'rlhf'].ece.max()),"
         " 'kept_ece': float(table[table.predictor == 'base'].ece.max()),"
         " 'oracle_kl': float(table[(table.method == 'sampler_oracle') & (table.knob == 1.0)]"
-        ".kl_to_pi_star.iloc[0]), 'r2': float(r2.r2.max())}",
+        ".kl_to_pi_star.iloc[0]), 'r2': float(r2.r2.max()),"
+        " 'shares': float(reading[reading.component != 'total'].share.sum())}",
         lambda v: (
             v["star"] > v["others"]  # nothing beats pi* of the true utility
             and v["rlhf_ece"] > 10 * v["kept_ece"]  # the calibration contrast
             and v["oracle_kl"] < 0.05  # the oracle sampler sits on pi* (beta = 1)
             and v["r2"] > 0.9  # the value is linearly readable
+            and abs(v["shares"] - 1) < 1e-6  # the components' shifts add up to RLHF's total
         ),
     ),
 }
