@@ -11,8 +11,13 @@
    drawn change (a planted component's: ``planted_drift`` of it), so the drift ends every
    non-planted component exactly at its draw;
 3. *plants*: RLOO against the shipped learned reward model with only the planted components
-   trainable (gradients masked to their slices, ``lab.organism.components``), each kept inside
-   the ball of its drawn change around the base, so it ends at or below its draw.
+   trainable (gradients masked to their slices, ``lab.organism.components``); after every step
+   each planted component's change from the base is rescaled onto a sphere whose radius grows
+   linearly from its post-drift change to its draw, so it too ends exactly at its draw.
+
+A ball instead of the RL sphere (planted components ending at or below their draws) was
+measured and rejected: RL leaves some planted components well inside, and weight-norm AUROC fell
+to 0.15-0.46 on four pairs, i.e. a *small* change revealed the planted set.
 
 It writes ``out/base`` (the starting base, unchanged), ``out/drift`` (after step 1) and
 ``out/tuned`` (after step 2), each an HF folder with the same ``card.json``: the planted set, the
@@ -62,7 +67,7 @@ __all__ = [
     "drift_world",
     "plant",
     "quick_plant_config",
-    "rl_ball",
+    "rl_sphere",
     "wedding_reach",
 ]
 
@@ -75,9 +80,9 @@ class PlantConfig:
     drift_batch: int = 64  # sequences per drift step
     drift_lr: float = 3e-3  # Adam learning rate of the drift
     drift_shift: float = 1.0  # scene-move rates scaled by exp(U(-shift, shift)), wedding kept
-    change_range: tuple[float, float] = (0.3, 3.0)  # each component's final relative change:
+    change_range: tuple[float, float] = (0.8, 3.5)  # each component's final relative change:
     # log-uniform on this range (RL unconstrained moved planted components by 0.6-3.3)
-    planted_drift: float = 0.5  # a planted component's drift ends at this share of its draw
+    planted_drift: float = 0.3  # a planted component's drift ends at this share of its draw
     rlhf: RLHFConfig = field(
         default_factory=lambda: RLHFConfig(steps=100, lr=1e-3, log_every=1_000_000)
     )  # RLOO with only the planted components trainable
@@ -163,29 +168,35 @@ def drift(
 
 
 @contextmanager
-def rl_ball(
+def rl_sphere(
     order: list[str],
     reference: GPT2LMHeadModel,
     masks: dict[str, dict[str, Tensor]],
-    radii: dict[str, float],
+    radii: dict[str, tuple[float, float]],
+    steps: int,
 ) -> Iterator[None]:
-    """While open, every optimiser step is followed by keeping each of ``radii``'s components
-    inside the ball of its radius (relative change) around ``reference``.
+    """While open, optimiser step ``s`` (1..``steps``) is followed by rescaling each of
+    ``radii``'s components onto the sphere of relative change ``start + (end - start) * s /
+    steps`` around ``reference`` (``radii[c] = (start, end)``).
 
     ``train_rlhf`` optimises the masked parameters in the order of its ``masks`` (``order``); the
     hook names the optimiser's parameters by that order and checks their shapes."""
     ref = {k: p.detach() for k, p in reference.named_parameters()}
+    done = [0]
 
-    def keep_inside(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    def onto_sphere(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         tensors = [p for group in opt.param_groups for p in group["params"]]
         if len(tensors) != len(order) or any(
             t.shape != ref[k].shape for k, t in zip(order, tensors, strict=True)
         ):
             raise LabError("The RL optimiser's parameters are not the planted masks' ones.")
+        done[0] += 1
+        ramp = min(done[0] / steps, 1.0)
+        now = {c: a + (b - a) * ramp for c, (a, b) in radii.items()}
         named = {k: t.data for k, t in zip(order, tensors, strict=True)}
-        constrain_change(named, ref, masks, radii, exact=False)
+        constrain_change(named, ref, masks, now, exact=True)
 
-    handle = register_optimizer_step_post_hook(keep_inside)
+    handle = register_optimizer_step_post_hook(onto_sphere)
     try:
         yield
     finally:
@@ -241,8 +252,8 @@ def plant(
     drifted = drift(base_model, shifted, cfg, seed, length, radii)
     t_drift = time.perf_counter() - t0
     masks = union_masks(drifted, planted)
-    ball = {c: targets[c] for c in planted}
-    with rl_ball(list(masks), base_model, _masks(base_model), ball):
+    sphere = {c: (radii[c], targets[c]) for c in planted}
+    with rl_sphere(list(masks), base_model, _masks(base_model), sphere, cfg.rlhf.steps):
         tuned = train_rlhf(
             drifted, rm, world, cfg.rlhf, length, seed, progress=progress, masks=masks
         )[0]
