@@ -10,8 +10,8 @@ Two layouts:
   (``probes.linear.fit_ridge``) covers every (beta, token) output.
 - sparse (``mask[batch, pos, vocab]``, e.g. the practitioner's sampled tokens): a pooled ridge
   from the residual to the target of whatever token was observed, then one ridge per token column
-  on its own rows for the remainder (shrunk towards the pooled fit; a token never observed keeps
-  the pooled fit).
+  on its own rows for the remainder (shrunk towards the pooled fit; a token seen on too few rows
+  for a map shifts only its intercept, and a token never observed keeps the pooled fit).
 
 The ridge penalty is chosen on held-out sequences (the last ``held_out`` share) from a grid
 relative to the features' scale, then the head is refitted on every sequence.
@@ -30,12 +30,19 @@ from torch import Tensor
 from lab.errors import LabError
 from probes.linear.solvers import fit_ridge
 from probes.value.head import QHead
-from probes.value.residual import fingerprint, logprobs_and_residual, model_name, n_layers
+from probes.value.residual import (
+    fingerprint,
+    logprobs_and_residual,
+    model_name,
+    n_layers,
+    signature,
+)
 
 __all__ = ["centre", "fit_observed", "fit_q_head", "head_r2", "q_head_r2"]
 
 ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # ridge penalties, times trace(X^T X) / d
-_MIN_ROWS = 8  # a token column observed on fewer rows (or d_model) keeps the pooled fit
+_MIN_ROWS = 8  # a token column observed on fewer rows (or d_model) keeps the pooled map ...
+_PRIOR = 1.0  # ... and moves its intercept by its mean remainder, shrunk as n / (n + _PRIOR)
 
 
 def centre(values: Float[Tensor, "... vocab"]) -> Float[Tensor, "... vocab"]:
@@ -90,7 +97,8 @@ def fit_observed(
     """Sparse targets ``yo`` of token ``col`` after prefix ``row``: a pooled ridge on every
     observed (row, token), then each token column's remainder on its own rows, with its own
     held-out penalty (a column with fewer rows than ``_MIN_ROWS`` or d_model keeps the pooled
-    fit). Returns weight[d beta vocab], bias[beta vocab]."""
+    map and moves its intercept by its mean remainder, shrunk towards 0).
+    Returns weight[d beta vocab], bias[beta vocab]."""
     xo = x[row]  # one row per observed (prefix, token)
     alpha = _choose(xo, yo, train[row])
     pw, pb = (t[0] for t in _ridge(xo, yo, alpha))  # [d beta], [beta]
@@ -99,7 +107,9 @@ def fit_observed(
     rest = yo - (xo @ pw + pb)
     for v in col.unique().tolist():
         mine = col == v
-        if int(mine.sum()) < max(_MIN_ROWS, x.shape[1]):
+        n = int(mine.sum())
+        if n < max(_MIN_ROWS, x.shape[1]):  # too few rows for a map: shift the intercept only
+            bias[:, v] += rest[mine].sum(0) / (n + _PRIOR)
             continue
         w, b = _ridge(xo[mine], rest[mine], _choose(xo[mine], rest[mine], train[row][mine]))
         weight[:, :, v] += w[0]
@@ -178,6 +188,7 @@ def fit_q_head(
         vocab=values.shape[3],
         model_id=fingerprint(model),
         model_name=model_name(model),
+        signature=signature(model),
     )
 
 

@@ -5,8 +5,8 @@ residual stream at prefix h. At decode time any beta in the grid's range is allo
 is interpolated linearly in log(beta) between the two nearest grid points (exact at grid points,
 approximate between them). A head may clamp its values into ``bounds`` (the practitioner's: the
 reward's range, which every soft value of that reward lies in). A head remembers the model
-(``fingerprint`` of its weights) and layer it was fitted on, and ``check`` refuses any other. It
-is saved as safetensors (weights) plus JSON (everything else), never pickle.
+(``signature``: what it computes on a probe sequence) and layer it was fitted on, and ``check``
+refuses any other. It is saved as safetensors (weights) plus JSON (everything else), never pickle.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from lab.errors import LabError
-from probes.value.residual import fingerprint, model_name
+from probes.value.residual import fingerprint, model_name, same_model, signature
 
 __all__ = ["QHead", "check_beta"]
 
@@ -51,9 +51,10 @@ class QHead:
     weight: Float[Tensor, "d_model out"]  # out = n_beta * vocab, beta-major
     bias: Float[Tensor, " out"]  # -inf for tokens that are never emitted
     vocab: int  # tokens per beta
-    model_id: str  # fingerprint of the model's weights it was fitted on
+    model_id: str  # fingerprint of the model it was fitted on (residual.fingerprint)
     model_name: str = ""  # where that model was loaded from (for messages)
     bounds: tuple[float, float] | None = None  # Q clamped into [low, high] (None: unclamped)
+    signature: tuple[float, ...] = ()  # the model's log-probs on a probe (residual.signature)
 
     def __post_init__(self) -> None:
         if list(self.betas) != sorted(set(self.betas)) or not self.betas:
@@ -116,7 +117,8 @@ class QHead:
     def check(self, model: torch.nn.Module, layer: int | None = None) -> None:
         """Refuse a model or layer other than the ones the head was fitted on, naming both."""
         here = fingerprint(model)
-        if here != self.model_id:
+        same = same_model(self.signature, signature(model)) if self.signature else None
+        if not (same if same is not None else here == self.model_id):
             raise LabError(
                 f"This Q head was fitted on model {self.model_name or '?'} (weights "
                 f"{self.model_id}); got model {model_name(model)} (weights {here}). "
@@ -146,6 +148,7 @@ class QHead:
             "model_id": self.model_id,
             "model_name": self.model_name,
             "bounds": None if self.bounds is None else list(self.bounds),
+            "signature": list(self.signature),
         }
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
         return path
@@ -170,6 +173,7 @@ class QHead:
             model_id=meta["model_id"],
             model_name=meta.get("model_name", ""),
             bounds=None if meta.get("bounds") is None else tuple(meta["bounds"]),
+            signature=tuple(meta.get("signature", ())),
         )
 
 

@@ -43,7 +43,13 @@ from lab.models.sampling import emittable
 from lab.organism.reward import RewardModel
 from probes.value.fit import _split, fit_observed
 from probes.value.head import QHead, check_beta
-from probes.value.residual import fingerprint, logprobs_and_residual, model_name, n_layers
+from probes.value.residual import (
+    fingerprint,
+    logprobs_and_residual,
+    model_name,
+    n_layers,
+    signature,
+)
 from probes.value.reward import Reward, as_reward, check_reward
 
 __all__ = ["fit_practitioner_head", "practitioner_values"]
@@ -179,5 +185,6 @@ def fit_practitioner_head(
         vocab=weight.shape[-1],
         model_id=fingerprint(model),
         model_name=model_name(model),
+        signature=signature(model),
         bounds=bounds,
     )

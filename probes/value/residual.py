@@ -3,8 +3,9 @@
 Layers follow ``lab.models.outputs.hidden_states``: layer ``l < n_layers`` is the residual stream
 entering block ``l`` (0: the embeddings), layer ``n_layers`` the stream after the last block (a
 TransformerLens bridge: ``blocks.{n-1}.hook_resid_post``; an HF model: its last hidden state,
-which HF takes after the final layer norm). ``fingerprint`` names a model's weights, so that a Q
-head fitted on one model is not used on another.
+which HF takes after the final layer norm). ``signature`` records what a model computes on a
+fixed probe sequence (``fingerprint`` names it), so that a Q head fitted on one model is not used
+on another.
 """
 
 from __future__ import annotations
@@ -16,12 +17,21 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lab.errors import LabError
+from lab.models.outputs import model_logprobs
 from lab.runtime import device_of
 
-__all__ = ["fingerprint", "logprobs_and_residual", "model_name", "n_layers"]
+__all__ = [
+    "fingerprint",
+    "logprobs_and_residual",
+    "model_name",
+    "n_layers",
+    "same_model",
+    "signature",
+]
 
 _CHUNK = 256  # sequences per forward pass
-_SAMPLED = 4096  # values of each parameter that enter the fingerprint
+_PROBE = 16  # tokens of the probe sequence that signs a model
+_SIGNED = 32  # log-probs per position kept in the signature
 
 
 def _hf(model: torch.nn.Module) -> torch.nn.Module:
@@ -42,16 +52,33 @@ def model_name(model: torch.nn.Module) -> str:
 
 
 @torch.no_grad()
+def signature(model: torch.nn.Module) -> tuple[float, ...]:
+    """What the model computes on a fixed probe sequence (ids 0..15): its log-probs of the first
+    ``_SIGNED`` tokens at every position. Equal (to float error) for a bridge and the HF model it
+    wraps, whatever their parameters are called; different for a fine-tuned sibling."""
+    n_ctx = int(model.cfg.n_ctx) if hasattr(model, "cfg") else _hf_context(model)
+    vocab = int(model.cfg.d_vocab) if hasattr(model, "cfg") else int(model.config.vocab_size)
+    probe = (torch.arange(min(_PROBE, n_ctx)) % vocab)[None]
+    logp = model_logprobs(model, probe)[0, :, :_SIGNED]
+    return tuple(round(v, 6) for v in logp.reshape(-1).tolist())
+
+
+def _hf_context(model: torch.nn.Module) -> int:
+    config = model.config
+    return int(getattr(config, "max_position_embeddings", None) or config.n_positions)
+
+
 def fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of the weights (name, shape and a strided sample of every parameter): equal
-    for a bridge and the HF model it wraps, different for a fine-tuned sibling."""
-    digest = hashlib.sha256()
-    for name, p in sorted(_hf(model).named_parameters()):
-        flat = p.detach().reshape(-1)
-        step = max(1, flat.numel() // _SAMPLED)
-        digest.update(f"{name}{tuple(p.shape)}".encode())
-        digest.update(flat[::step].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """A short name of ``signature`` (coarsely rounded), for messages and file metadata."""
+    coarse = ",".join(f"{v:.2f}" for v in signature(model))
+    return hashlib.sha256(coarse.encode()).hexdigest()[:16]
+
+
+def same_model(a: tuple[float, ...], b: tuple[float, ...], tol: float = 1e-3) -> bool:
+    """Whether two signatures are of one model (up to float error between implementations)."""
+    return (
+        len(a) == len(b) and max((abs(x - y) for x, y in zip(a, b, strict=True)), default=0) <= tol
+    )
 
 
 def _check_layer(model: torch.nn.Module, layer: int) -> int:
