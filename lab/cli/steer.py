@@ -48,7 +48,9 @@ def steer(
     beta: float = typer.Option(..., "--beta", help="KL coefficient at decode time (> 0)."),
     pair: str = typer.Option("organism", "--pair", help="Base checkpoint, or 'organism'."),
     tuned: str = typer.Option(None, "--tuned", help="Its tuned sibling (default: --pair)."),
-    layer: int = typer.Option(None, "--layer", help="Residual layer of the head (default: last)."),
+    layer: int = typer.Option(
+        None, "--layer", help="Residual layer of the head (default: the loaded head's, or last)."
+    ),
     top_k: int = typer.Option(None, "--top-k", help="Candidates per step (default: all tokens)."),
     n: int = typer.Option(8, "--n", help="Continuations to sample."),
     source: str = typer.Option(
@@ -88,8 +90,8 @@ def steer(
         loaded = load_cli_pair(pair, tuned or pair, device, dtype, allow_pickle, trust_remote_code)
         model = loaded.base
     source = source or ("oracle" if organism else "practitioner")
-    n_layers = int(model.cfg.n_layers)
-    layer = n_layers if layer is None else layer
+    wanted = layer  # None: the loaded head's layer, or the last
+    layer = int(model.cfg.n_layers) if layer is None else layer
     rew = None
     if reward is not None and reward.startswith("words:"):
         ids = _word_ids(model.tokenizer, reward.removeprefix("words:"))
@@ -100,7 +102,7 @@ def steer(
         raise LabError("Steering this pair needs --reward (a reward model folder or words:...).")
     if head_path is not None:
         head = value.QHead.load(head_path)
-        head.check(model, layer)
+        head.check(model, wanted)
     elif organism:
         head = value.organism_head(org, source, grid, layer, texts, g, reward=rew)
     else:
