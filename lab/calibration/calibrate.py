@@ -4,7 +4,10 @@ For each calibration record (see ``lab.datasets.prompts``: ``outcomes`` with tru
 each model
 of a pair, the probability of every outcome is its full sequence probability after the prompt,
 by teacher forcing: all (prompt, continuation) sequences of a run go through the model in a few
-batched forwards, right-padded (causal attention: padding after a sequence cannot change it).
+batched forwards, right-padded (causal attention: padding after a sequence cannot change it). The
+forwards stream: only the positions read reach the unembedding, so a forward holds (read
+positions, vocab) logits, never (batch, pos, vocab), and memory is bounded by one batch whatever
+the suite's size (a 49k vocabulary made full logits the largest thing in memory).
 
 Outcomes are tokenized honestly, as ``lab.datasets.outcomes`` says (spellings merged, canonical
 tokenizations only, unrepresentable or ambiguous outcomes refused).
@@ -19,9 +22,10 @@ ECE = sum over bins b of |b|/n * |accuracy(b) - mean confidence(b)|.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,6 +49,7 @@ __all__ = [
     "calibrate",
     "expected_calibration_error",
     "outcome_scores",
+    "reads_only",
     "sequence_logprobs",
 ]
 
@@ -60,8 +65,8 @@ class CalibrationConfig:
 
     merge_case: bool = True  # an outcome also counts with its first letter upper-cased
     leading_space: bool = True  # ... and each spelling also with a leading space
-    batch_tokens: int = 8192  # most tokens (sequences x padded length) in one forward
-    logits_gib: float = 2.0  # most memory for one forward's float32 logits (caps batch_tokens)
+    batch_tokens: int = 2048  # most tokens (sequences x padded length) in one forward
+    logits_mib: float = 16.0  # most MiB of float32 logits in one forward (read positions)
     n_bins: int = 15  # ECE bins, equal width on [0, 1]
 
 
@@ -74,18 +79,51 @@ class ScoredRecord:
     outcomes: tuple[tuple[Ids, ...], ...]  # per outcome, its distinct continuation token ids
 
 
+def reads_only(model: TransformerBridge) -> bool:
+    """Whether ``model`` can unembed only the positions read (its HF forward takes
+    ``logits_to_keep``, as every causal LM in transformers 5 does); a custom model may not."""
+    forward = getattr(getattr(model, "original_model", None), "forward", None)
+    return forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
+
+
+def _batches(
+    seqs: Sequence[Ids], n_reads: Sequence[int], batch_tokens: int, max_logits: int, full: bool
+) -> Iterator[tuple[int, int]]:
+    """(start, end) of consecutive batches of length-sorted ``seqs``: at most ``batch_tokens``
+    padded tokens and ``max_logits`` logit rows each (all tokens when ``full``, else the read
+    positions ``n_reads``), and at least one sequence."""
+    start = 0
+    while start < len(seqs):
+        end, rows = start + 1, n_reads[start]
+        while end < len(seqs):
+            tokens = (end + 1 - start) * len(seqs[end])
+            rows += n_reads[end]
+            if tokens > batch_tokens or (tokens if full else rows) > max_logits:
+                break
+            end += 1
+        yield start, end
+        start = end
+
+
 @torch.no_grad()
 def sequence_logprobs(
     model: TransformerBridge,
     prompts: Sequence[Ids],
     conts: Sequence[Ids],
     *,
-    batch_tokens: int = 8192,
+    batch_tokens: int = 2048,
+    logits_mib: float = 16.0,
+    full_logits: bool = False,
 ) -> SeqLogProbs:
     """log P(cont | prompt) for each pair, by teacher forcing in batched forwards (float64, CPU).
 
     Each pair needs one sequence, prompt + cont[:-1]; pairs that need the same sequence share it.
-    Sequences are sorted by length, right-padded and cut into batches of at most ``batch_tokens``.
+    Sequences are sorted by length, right-padded and cut into batches of at most ``batch_tokens``
+    tokens. Only the positions that a pair reads reach the unembedding (``logits_to_keep``), so a
+    forward holds (read positions, vocab) logits, at most ``logits_mib`` MiB of float32, never
+    (batch, pos, vocab): memory is bounded by one batch, not by the suite. ``full_logits`` (or a
+    model whose forward cannot keep positions, ``reads_only``) unembeds every position, with the
+    batch capped by ``logits_mib`` instead; the values are the same up to float rounding.
     """
     keys: dict[Ids, int] = {}
     reads: list[list[tuple[int, int, int]]] = []  # per sequence: (position, token, pair index)
@@ -95,28 +133,36 @@ def sequence_logprobs(
             reads.append([])
         reads[k] += [(len(p) - 1 + j, t, i) for j, t in enumerate(c)]
     seqs = sorted(keys, key=len)
+    n_reads = [len({q for q, _, _ in reads[keys[s]]}) for s in seqs]
+    full = full_logits or not reads_only(model)
+    max_logits = max(1, int(logits_mib * 2**20 / (4 * model.cfg.d_vocab)))
     device = device_of(model)
     pad = model.tokenizer.pad_token_id
     pad = 0 if pad is None else pad
     out = torch.zeros(len(prompts), dtype=torch.float64)
-    start = 0
-    while start < len(seqs):
-        end = start + 1
-        while end < len(seqs) and (end + 1 - start) * len(seqs[end]) <= batch_tokens:
-            end += 1
+    for start, end in _batches(seqs, n_reads, batch_tokens, max_logits, full):
         batch = seqs[start:end]
         tokens = torch.full((len(batch), len(batch[-1])), pad, dtype=torch.long)
         for b, s in enumerate(batch):
             tokens[b, : len(s)] = torch.tensor(s)
-        logits = model(tokens.to(device), return_type="logits")
-        rows, pos, tok, idx = zip(
-            *((b, q, t, i) for b, s in enumerate(batch) for q, t, i in reads[keys[s]]),
-            strict=True,
+        rows, pos, tok, idx = (
+            torch.tensor(v)
+            for v in zip(
+                *((b, q, t, i) for b, s in enumerate(batch) for q, t, i in reads[keys[s]]),
+                strict=True,
+            )
         )
-        picked = logits[torch.tensor(rows, device=device), torch.tensor(pos, device=device)]
-        lp = picked.float().log_softmax(-1).gather(-1, torch.tensor(tok, device=device)[:, None])
-        out.index_add_(0, torch.tensor(idx), lp[:, 0].double().cpu())
-        start = end
+        if full:
+            logits = model(tokens.to(device), return_type="logits")
+            picked = logits[rows.to(device), pos.to(device)]
+        else:  # HF keeps the True positions, flattened in row-major order
+            keep = torch.zeros(tokens.shape, dtype=torch.bool)
+            keep[rows, pos] = True
+            at = keep.flatten().cumsum(0) - 1  # each kept position's row in the logits
+            logits = model(tokens.to(device), return_type="logits", logits_to_keep=keep.to(device))
+            picked = logits[at[rows * tokens.shape[1] + pos].to(device)]
+        lp = picked.float().log_softmax(-1).gather(-1, tok.to(device)[:, None])
+        out.index_add_(0, idx, lp[:, 0].double().cpu())
     return out
 
 
@@ -198,11 +244,11 @@ def calibrate(
     conts = [c for _, _, c in flat]
     forwarded = {p + c[:-1] for p, c in zip(prompts, conts, strict=True)}  # sequences run
     rows, seconds = [], {}
-    per_token = pair.cfg.d_vocab * 4  # bytes of float32 logits per token
-    batch_tokens = max(1, min(cfg.batch_tokens, int(cfg.logits_gib * 2**30 / per_token)))
     for role, model in pair.models.items():
         t0 = time.perf_counter()
-        lp = sequence_logprobs(model, prompts, conts, batch_tokens=batch_tokens)
+        lp = sequence_logprobs(
+            model, prompts, conts, batch_tokens=cfg.batch_tokens, logits_mib=cfg.logits_mib
+        )
         seconds[role] = time.perf_counter() - t0
         per: dict[tuple[int, int], list[float]] = {}
         for (i, o, _), v in zip(flat, lp.tolist(), strict=True):

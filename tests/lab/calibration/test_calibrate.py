@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pandas as pd
 import pytest
@@ -23,7 +24,8 @@ from lab.calibration.calibrate import (
 from lab.calibration.summary import format_summary, plot_calibration, summarize
 from lab.cli import run
 from lab.datasets.outcomes import outcome_sequences
-from lab.datasets.prompts import PromptRecord
+from lab.datasets.prompts import PromptRecord, write_prompts
+from lab.datasets.suites import calibration_records
 from lab.errors import LabError
 from lab.models.pair import load_pair
 from lab.testing import TEST_SPECS, make_pair, make_tokenizer
@@ -135,6 +137,68 @@ def test_batching_does_not_change_log_probs(pair):
     n = len(prompts[0])
     expected = lp[n - 1, 70] + lp[n, 71] + lp[n + 1, 72]
     assert one[0].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def _reads(n: int, vocab: int = 320) -> float:
+    """A logits budget (MiB of float32) of ``n`` rows of ``vocab``."""
+    return n * vocab * 4 / 2**20
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    """Every fifth record of the shipped plain-text suite: every kind, prompts of many lengths."""
+    path = tmp_path_factory.mktemp("suite") / "some.jsonl"
+    write_prompts(path, calibration_records(chat=False)[::5])
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def unbatched(pair, suite):
+    """That suite scored the unstreamed way: one sequence per forward (no padding), every
+    position unembedded."""
+    cfg = CalibrationConfig(batch_tokens=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys.modules["lab.calibration.calibrate"], "reads_only", lambda model: False)
+        return calibrate(pair, [suite], cfg)
+
+
+@pytest.mark.parametrize(
+    ("batch_tokens", "n_reads"),
+    [(1, 10_000), (37, 10_000), (400, 5), (1_000_000, 1), (1_000_000, 10_000)],
+)
+def test_streamed_scores_equal_the_unbatched_ones(pair, suite, unbatched, batch_tokens, n_reads):
+    """Any batch size and logits budget (padding, uneven last batches, a batch per read) gives
+    the rows of one sequence at a time with full logits."""
+    cfg = CalibrationConfig(batch_tokens=batch_tokens, logits_mib=_reads(n_reads))
+    res = calibrate(pair, [suite], cfg)
+    assert len(res) == len(unbatched) > 30 and res.attrs["n_sequences"] > 50
+    same = ["set", "id", "kind", "model", "n_outcomes", "top_outcome", "outcomes"]
+    pd.testing.assert_frame_equal(res[same], unbatched[same])
+    for col in ("mass", "kl", "entropy", "top_share"):
+        assert res[col].tolist() == pytest.approx(unbatched[col].tolist(), rel=1e-5, abs=1e-9)
+    for got, want in zip(res["probs"], unbatched["probs"], strict=True):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-9)
+
+
+def test_forwards_unembed_only_the_read_positions(pair):
+    """Memory is bounded by the batch: the unembedding sees (read positions, vocab), at most the
+    logits budget's rows per forward, never (batch, pos, vocab)."""
+    prompts = [tuple(pair.to_tokens(t)[0].tolist()) for t in ("a b", "the coin landed", "x y z")]
+    prompts += [prompts[1]] * 2
+    conts = [(70, 71, 72), (5,), (9, 9), (5, 6), (7,)]  # the last reads the second's position
+    shapes = []
+    head = pair.base.original_model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda m, i, out: shapes.append(tuple(out.shape)))
+    try:
+        streamed = sequence_logprobs(pair.base, prompts, conts, logits_mib=_reads(3))
+        shapes_streamed, shapes[:] = list(shapes), []
+        full = sequence_logprobs(pair.base, prompts, conts, full_logits=True)
+    finally:
+        hook.remove()
+    assert all(len(s) == 2 and s[0] <= 3 and s[1] == 320 for s in shapes_streamed)
+    assert sum(s[0] for s in shapes_streamed) == 3 + 1 + 2 + 2  # distinct (sequence, position)
+    assert len(shapes) == 1 and len(shapes[0]) == 3  # the unstreamed forward: every position
+    assert torch.allclose(streamed, full, atol=1e-5)
 
 
 def test_outcome_scores_and_ece_by_hand():
