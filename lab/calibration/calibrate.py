@@ -10,7 +10,11 @@ positions, vocab) logits, never (batch, pos, vocab), and memory is bounded by on
 the suite's size (a 49k vocabulary made full logits the largest thing in memory).
 
 Outcomes are tokenized honestly, as ``lab.datasets.outcomes`` says (spellings merged, canonical
-tokenizations only, unrepresentable or ambiguous outcomes refused).
+tokenizations only, unrepresentable or ambiguous outcomes refused). A plain-text prompt starts with
+the BOS token only where the pair's own tokenizer says so (``ModelPair.bos``, from
+``lab.models.pair.bos_rule``), not by TransformerLens's per-architecture default (which prepends
+it to SmolLM2's plain text); a chat-templated prompt is read as its template writes it. Each row
+records the choice (``bos``) and the run's attrs say why (``bos_rule``).
 
 Scores per record and model (natural logs; ``mass`` raw, the rest over the outcomes renormalised):
 ``mass`` (probability on the valid outcomes), ``kl`` = KL(true || model), ``entropy``,
@@ -77,6 +81,7 @@ class ScoredRecord:
     rendered: RenderedPrompt  # the record, its set, and the text that the models read
     prompt: Ids  # the prompt's token ids, as the models read it
     outcomes: tuple[tuple[Ids, ...], ...]  # per outcome, its distinct continuation token ids
+    bos: bool  # the BOS token was put before the prompt (plain text, where the tokenizer says so)
 
 
 def reads_only(model: TransformerBridge) -> bool:
@@ -205,15 +210,16 @@ def _tokenize(pair: ModelPair, specs: Iterable[str], cfg: CalibrationConfig) -> 
         if not rendered:
             raise LabError(f"The prompt set {spec!r} has no calibration records (with outcomes).")
         for r in rendered:
+            bos = pair.bos.prepend and not r.templated
             prompt, outcomes = outcome_sequences(
-                pair.base,
+                pair.tokenizer,
                 r.text,
                 r.record,
-                r.templated,
+                start=(pair.bos.token_id,) if bos else (),
                 merge_case=cfg.merge_case,
                 leading_space=cfg.leading_space,
             )
-            scored.append(ScoredRecord(r, prompt, outcomes))
+            scored.append(ScoredRecord(r, prompt, outcomes, bos))
     return scored
 
 
@@ -224,8 +230,10 @@ def calibrate(
     ``lab.datasets.prompts``).
 
     One row per (record, model): ``set``, ``id``, ``kind``, ``chat_template`` (applied or not),
-    ``model``, the scores, ``top_outcome``, ``answer``, ``confidence``, ``correct``, ``outcomes``
-    and ``probs`` (the model's renormalised outcome probabilities). ``attrs`` holds the run's facts.
+    ``bos`` (a BOS token put before the prompt), ``model``, the scores, ``top_outcome``,
+    ``answer``, ``confidence``, ``correct``, ``outcomes`` and ``probs`` (the model's renormalised
+    outcome probabilities). ``attrs`` holds the run's facts (``bos_prepend``, the pair's rule for
+    plain text, and ``bos_rule``, why).
     """
     cfg = cfg or CalibrationConfig()
     specs = list(sets)
@@ -269,6 +277,7 @@ def calibrate(
                     "id": rec.id,
                     "kind": rec.kind,
                     "chat_template": s.rendered.templated,
+                    "bos": s.bos,
                     "model": role,
                     "n_outcomes": len(rec.outcomes),
                     **sc,
@@ -287,6 +296,8 @@ def calibrate(
         template_source=next(
             (s.rendered.template_source for s in scored if s.rendered.templated), None
         ),
+        bos_prepend=pair.bos.prepend,
+        bos_rule=pair.bos.why,
         n_records=len(scored),
         n_sequences=len(forwarded),
         n_tokens=sum(len(k) for k in forwarded),

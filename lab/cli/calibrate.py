@@ -73,5 +73,6 @@ def calibrate(
     typer.echo(
         f"{facts['n_records']} records, {facts['n_sequences']} sequences, {facts['n_tokens']} "
         f"tokens per model, {secs:.2f} s for both models; chat template: "
-        f"{facts['template_source'] or 'not used'}"
+        f"{facts['template_source'] or 'not used'}; BOS before plain prompts: "
+        f"{'yes' if facts['bos_prepend'] else 'no'} ({facts['bos_rule']})"
     )

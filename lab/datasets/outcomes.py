@@ -5,9 +5,12 @@ with a leading space (``leading_space``): "7" and " 7", "heads" and " Heads" are
 whose probability is the sum over its distinct token sequences (two spellings that tokenize alike
 count once). A spelling is tokenized together with its prompt, as the model would read it (if
 the spelling merges with the prompt's last token, it is tokenized alone after the prompt); only
-canonical tokenizations count. A spelling's tokens must decode to it, up to the tokenizer's own
-word separator (``word_separator``: a word-level tokenizer's decode joins tokens with a space, so
-"heads" after "flip" comes back as "flip heads"). Refused, each with a ``LabError`` that names
+canonical tokenizations count. Texts are tokenized without the tokenizer's special tokens, after
+``start`` (the ids the caller puts first: the BOS where the model's convention wants one, see
+``lab.models.pair.bos_rule``; nothing for a chat-templated text, which carries its own). A
+spelling's tokens must decode to it, up to the tokenizer's own word separator
+(``word_separator``: a word-level tokenizer's decode joins tokens with a space, so "heads" after
+"flip" comes back as "flip heads"). Refused, each with a ``LabError`` that names
 the record:
 
 - an outcome the tokenizer cannot represent as written: no tokens, the unknown token, or tokens
@@ -21,15 +24,11 @@ the record:
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 from transformers import PreTrainedTokenizerBase
 
 from lab.datasets.prompts import PromptRecord
 from lab.errors import LabError
-
-if TYPE_CHECKING:  # for annotations only: importing transformer_lens takes seconds
-    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["Ids", "outcome_sequences", "spellings", "word_separator"]
 
@@ -78,30 +77,25 @@ def _decodes_to(decoded: str, text: str, sep: str) -> bool:
     return decoded == text or (bool(sep) and decoded.replace(sep, "") == text.replace(sep, ""))
 
 
-def _encode(model: TransformerBridge, text: str, templated: bool) -> list[int]:
-    """Token ids of ``text``: a rendered chat text carries its own special tokens; plain text
-    gets the model's own BOS convention (``to_tokens``)."""
-    if templated:
-        return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
-    return model.to_tokens(text, move_to_device=False, truncate=False)[0].tolist()
-
-
 def outcome_sequences(
-    model: TransformerBridge,
+    tok: PreTrainedTokenizerBase,
     prompt_text: str,
     rec: PromptRecord,
-    templated: bool = False,
     *,
+    start: Ids = (),
     merge_case: bool = True,
     leading_space: bool = True,
 ) -> tuple[Ids, tuple[tuple[Ids, ...], ...]]:
     """(prompt ids, per outcome its distinct continuation ids), checked as the module says.
 
-    ``model`` needs ``tokenizer`` and ``to_tokens`` (a TransformerBridge); ``templated`` texts
-    carry their own special tokens, plain ones get the model's BOS convention.
+    ``start`` goes before the prompt's own tokens (e.g. the BOS); texts are tokenized without the
+    tokenizer's special tokens.
     """
-    tok = model.tokenizer
-    prompt = _encode(model, prompt_text, templated)
+
+    def encode(text: str) -> list[int]:
+        return [*start, *tok(text, add_special_tokens=False)["input_ids"]]
+
+    prompt = encode(prompt_text)
     before = tok.decode(prompt, clean_up_tokenization_spaces=False)
     sep = word_separator(tok)
     seen: dict[Ids, str] = {}
@@ -109,7 +103,7 @@ def outcome_sequences(
     for outcome in rec.outcomes:
         seqs: list[Ids] = []
         for s in spellings(outcome, merge_case=merge_case, leading_space=leading_space):
-            joint = _encode(model, prompt_text + s, templated)
+            joint = encode(prompt_text + s)
             if joint[: len(prompt)] == prompt:
                 cont = tuple(joint[len(prompt) :])
             else:  # the spelling merged with the prompt's last token: tokenize it alone

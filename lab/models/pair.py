@@ -11,6 +11,14 @@ own (what a user checks against their checkpoint), weight differences between ba
 the fine-tune's own, and it works with ``device_map`` offload, which TransformerLens's
 compatibility mode (LayerNorm folding, weight centering) does not support. ``compat=True``
 applies compatibility mode to both models, for HookedTransformer-equivalent numerics.
+
+BOS: whether plain text starts with the BOS token is read from the checkpoint's own tokenizer,
+before the bridge reconfigures it (TransformerLens makes every tokenizer prepend its BOS), as
+``ModelPair.bos`` (``bos_rule``): the tokenizer adds BOS itself -> yes; its BOS is also its EOS,
+the token that separates documents (GPT-2's ``<|endoftext|>``, the organism's ``<bos>``, which
+starts every organism sequence) -> yes, the text starts a document; no BOS token -> no; any other
+BOS that the tokenizer does not add (SmolLM2's ``<|im_start|>``, which opens a chat turn) -> no.
+The bridges' own ``to_tokens`` keep TransformerLens's default.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from lab.types import Tokens
 if TYPE_CHECKING:  # for annotations only: importing transformer_lens takes seconds
     from transformer_lens.model_bridge import TransformerBridge
 
-__all__ = ["PROBE_TEXT", "ModelPair", "PairConfig", "load_pair"]
+__all__ = ["PROBE_TEXT", "BosRule", "ModelPair", "PairConfig", "bos_rule", "load_pair"]
 
 # Tokenized by both tokenizers: any difference means the pair cannot share token ids.
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789 Hello, world! <|end|>"
@@ -81,6 +89,29 @@ class PairConfig:
         )
 
 
+@dataclass(frozen=True)
+class BosRule:
+    """Whether plain text starts with the BOS token, and which tokenizer setting says so."""
+
+    prepend: bool  # plain text starts with the BOS token
+    token_id: int | None  # the BOS token's id (None: the tokenizer has none)
+    why: str  # the tokenizer setting that decided it, in words
+
+
+def bos_rule(tokenizer: PreTrainedTokenizerBase) -> BosRule:
+    """The BOS convention of a checkpoint's own tokenizer (module docstring), read before a
+    bridge reconfigures it."""
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    if bos is None or bos_id is None:
+        return BosRule(False, None, "the tokenizer has no BOS token")
+    ids = tokenizer(PROBE_TEXT)["input_ids"]
+    if ids[:1] == [bos_id] and tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"] != ids:
+        return BosRule(True, bos_id, f"the tokenizer adds its BOS {bos!r} itself")
+    if bos == tokenizer.eos_token:
+        return BosRule(True, bos_id, f"its BOS {bos!r} is also its EOS: it separates documents")
+    return BosRule(False, bos_id, f"the tokenizer does not add its BOS {bos!r}, nor is it its EOS")
+
+
 @dataclass(frozen=True, repr=False)
 class ModelPair:
     """Two hooked models (``base``, ``tuned``) with one tokenizer and one shape."""
@@ -89,6 +120,7 @@ class ModelPair:
     tuned: TransformerBridge  # the fine-tuned checkpoint
     tokenizer: PreTrainedTokenizerBase  # shared: the base's (the tuned one tokenizes identically)
     cfg: PairConfig  # shared shape
+    bos: BosRule  # whether plain text starts with BOS, from the base's own tokenizer
     sources: dict[str, str] = field(default_factory=dict)  # role -> what the user named
     compat: bool = False  # TransformerLens compatibility mode on both models
 
@@ -220,6 +252,7 @@ def load_pair(
         for role, c in ckpts.items()
     }
     check_tokenizers(tokenizers["base"], tokenizers["tuned"])
+    bos = bos_rule(tokenizers["base"])  # before _boot: the bridge makes the tokenizer add BOS
     if device_map is None:
         sizes = [count_parameters(c.location) for c in ckpts.values() if c.is_local]
         if sizes and None not in sizes:
@@ -236,6 +269,7 @@ def load_pair(
         tuned=models["tuned"],
         tokenizer=models["base"].tokenizer,
         cfg=PairConfig.from_bridge(models["base"]),
+        bos=bos,
         sources={role: c.name for role, c in ckpts.items()},
         compat=compat,
     )

@@ -3,6 +3,7 @@ errors; ``lab calibrate`` prints a table, JSON, a plot and a results file."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from lab.calibration.calibrate import (
@@ -27,7 +28,9 @@ from lab.datasets.outcomes import outcome_sequences
 from lab.datasets.prompts import PromptRecord, write_prompts
 from lab.datasets.suites import calibration_records
 from lab.errors import LabError
-from lab.models.pair import load_pair
+from lab.models.checkpoints import load_tokenizer, resolve_checkpoint
+from lab.models.pair import BosRule, bos_rule, load_pair
+from lab.runtime import cache_dir
 from lab.testing import TEST_SPECS, make_pair, make_tokenizer
 
 TEMPLATE = (
@@ -69,14 +72,13 @@ def chat_pair(tmp_path_factory):
     return load_pair(base, tuned, device="cpu")
 
 
-def _hand_log_p(model, prompt_text: str, outcome: str, templated=False) -> float:
-    """log P(outcome) by hand: every spelling run alone through the HF model, token by token."""
+def _hand_log_p(model, prompt_text: str, outcome: str, *, start=()) -> float:
+    """log P(outcome) by hand: every spelling run alone through the HF model, token by token,
+    after the ids ``start`` (the BOS, where the pair's rule puts one)."""
     tok = model.tokenizer
 
     def ids(text):
-        if templated:
-            return tok(text, add_special_tokens=False)["input_ids"]
-        return model.to_tokens(text)[0].tolist()
+        return [*start, *tok(text, add_special_tokens=False)["input_ids"]]
 
     prompt = ids(prompt_text)
     seqs = set()
@@ -95,6 +97,7 @@ def _hand_log_p(model, prompt_text: str, outcome: str, templated=False) -> float
 def test_scores_equal_a_hand_computation_from_the_logits(pair, tmp_path):
     res = calibrate(pair, [_set(tmp_path, RECORDS[:3])], CalibrationConfig(batch_tokens=64))
     assert len(res) == 6 and set(res["model"]) == {"base", "tuned"}
+    assert not res["bos"].any()  # the test tokenizer adds no BOS and its BOS is not its EOS
     for row in res.itertuples():
         rec = next(r for r in RECORDS if r["id"] == row.id)
         model = pair.models[row.model]
@@ -118,10 +121,10 @@ def test_scores_equal_a_hand_computation_from_the_logits(pair, tmp_path):
 
 def test_multi_token_outcomes_need_several_tokens(pair):
     rec = PromptRecord("r", "Pick a word:", outcomes=("zebra", "yes"), probs=(0.5, 0.5))
-    _, outcomes = outcome_sequences(pair.base, rec.text, rec)
+    _, outcomes = outcome_sequences(pair.tokenizer, rec.text, rec)
     assert max(len(c) for c in outcomes[0]) > 1  # "zebra" is several tokens
     assert len(outcomes[1]) == 4  # yes, Yes, " yes", " Yes": distinct token sequences
-    off = outcome_sequences(pair.base, rec.text, rec, merge_case=False, leading_space=False)
+    off = outcome_sequences(pair.tokenizer, rec.text, rec, merge_case=False, leading_space=False)
     assert len(off[1][1]) == 1
 
 
@@ -237,7 +240,7 @@ def test_chat_template_of_the_tuned_model_is_used_and_recorded(chat_pair, tmp_pa
     assert flags == {"coin": False, "odd": False, "chatty": True}
     row = res[(res["id"] == "chatty") & (res["model"] == "tuned")].iloc[0]
     text = "<bos>User: Flip a coin.\nAssistant:"
-    log_p = [_hand_log_p(chat_pair.tuned, text, o, templated=True) for o in ("heads", "tails")]
+    log_p = [_hand_log_p(chat_pair.tuned, text, o) for o in ("heads", "tails")]
     q = torch.tensor(log_p).softmax(0).tolist()
     assert row["probs"] == pytest.approx(q, rel=1e-4)
     plain = calibrate(chat_pair, [path + ":plain"])
@@ -265,16 +268,6 @@ def _lowercasing():
     return tok
 
 
-class _Stub:
-    """Just enough of a model for tokenization: a tokenizer and ``to_tokens``."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def to_tokens(self, text, **_):
-        return torch.tensor([self.tokenizer(text)["input_ids"]])
-
-
 @pytest.mark.parametrize(
     ("tokenizer", "outcomes", "message"),
     [
@@ -285,7 +278,7 @@ class _Stub:
 def test_outcomes_the_tokenizer_cannot_represent(tokenizer, outcomes, message):
     rec = PromptRecord("r", "flip", outcomes=outcomes, probs=(0.5, 0.5))
     with pytest.raises(LabError, match=message) as e:
-        outcome_sequences(_Stub(tokenizer), "flip", rec)
+        outcome_sequences(tokenizer, "flip", rec)
     assert "Record 'r'" in str(e.value) and "cannot represent" in str(e.value)
 
 
@@ -308,10 +301,12 @@ def test_cli_table_json_plot_and_results(pair_dirs, tmp_path, capsys):
     assert run([*args, "--plot", str(plot), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "KL(true||model)" in text and "control" in text and "3 records" in text
+    assert "BOS before plain prompts: no (the tokenizer does not add its BOS '<bos>'" in text
     assert plot.stat().st_size > 10_000 and out.exists()
     assert run([*args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["run"]["n_records"] == 3 and report["run"]["template_source"] is None
+    assert report["run"]["bos_prepend"] is False
     kinds = {(r["kind"], r["model"]) for r in report["summary"]}
     assert ("all", "tuned") in kinds and ("control", "base") in kinds
     saved = summarize(pd.read_parquet(out))  # the results file alone rebuilds the summary
@@ -332,10 +327,12 @@ def test_cli_default_sets_and_one_line_errors(pair_dirs, capsys):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "olmo2", "gemma2", "gpt_neox"])
 def test_hand_computation_on_every_architecture(pair_dirs, arch, tmp_path):
-    """BOS conventions differ (qwen2 and gpt_neox read none): scores still match by hand."""
+    """Whatever TransformerLens's BOS default for the architecture, the tokenizer's rule decides
+    (the test tokenizer's: no BOS) and scores match by hand."""
     arch_pair = load_pair(*pair_dirs(arch), device="cpu")
     rec = RECORDS[2]
     res = calibrate(arch_pair, [_set(tmp_path, [rec])])
+    assert not arch_pair.bos.prepend and not res["bos"].any()
     for row in res.itertuples():
         model = arch_pair.models[row.model]
         log_p = [_hand_log_p(model, rec["text"], o) for o in rec["outcomes"]]
@@ -372,13 +369,13 @@ def test_word_level_tokenizers_spell_each_outcome_as_its_word():
     assert word_separator(tok) == " " and word_separator(_word_level()) == " "
     assert word_separator(make_tokenizer()) == ""  # byte-level BPE: tokens carry their spaces
     rec = PromptRecord("r", "dinner garden", outcomes=("bride", "groom"), probs=(0.5, 0.5))
-    prompt, outcomes = outcome_sequences(_Stub(tok), rec.text, rec)
+    prompt, outcomes = outcome_sequences(tok, rec.text, rec)
     ids = {w: world.vocab.index(w) for w in ("dinner", "garden", "bride", "groom")}
     assert prompt == (ids["dinner"], ids["garden"])
     # "Bride" is not in the vocabulary (it maps to <unk>): that variant is dropped, not refused
     assert outcomes == (((ids["bride"],),), ((ids["groom"],),))
     flip = PromptRecord("f", "flip", outcomes=("heads", "tails"), probs=(0.5, 0.5))
-    assert outcome_sequences(_Stub(_word_level()), "flip", flip)[1] == (((2,),), ((3,),))
+    assert outcome_sequences(_word_level(), "flip", flip)[1] == (((2,),), ((3,),))
 
 
 @pytest.mark.parametrize(
@@ -391,7 +388,7 @@ def test_word_level_tokenizers_spell_each_outcome_as_its_word():
 def test_unrepresentable_outcomes_are_still_refused(tokenizer, outcomes, message):
     rec = PromptRecord("r", "flip", outcomes=outcomes, probs=(0.5, 0.5))
     with pytest.raises(LabError, match=message):
-        outcome_sequences(_Stub(tokenizer), "flip", rec)
+        outcome_sequences(tokenizer, "flip", rec)
 
 
 def test_word_level_lowercasing_is_still_refused():
@@ -400,7 +397,7 @@ def test_word_level_lowercasing_is_still_refused():
     tok.backend_tokenizer.normalizer = normalizers.Lowercase()
     rec = PromptRecord("r", "flip", outcomes=("Heads", "tails"), probs=(0.5, 0.5))
     with pytest.raises(LabError, match=r"'Heads' \(its tokens decode as ' heads'"):
-        outcome_sequences(_Stub(tok), "flip", rec)
+        outcome_sequences(tok, "flip", rec)
 
 
 def test_calibration_of_the_organism_equals_a_hand_computation(tmp_path):
@@ -408,12 +405,105 @@ def test_calibration_of_the_organism_equals_a_hand_computation(tmp_path):
     rec = {"id": "w", "text": "dinner garden", "outcomes": ["bride", "groom", "dog"],
            "probs": [0.2, 0.3, 0.5]}  # fmt: skip
     res = calibrate(organism, [_set(tmp_path, [rec])])
+    assert res["bos"].all()  # as TransformerLens reads it: <bos> first, as in every organism text
     for row in res.itertuples():
         model = organism.models[row.model]
         tokens = model.to_tokens(rec["text"])
+        assert tokens[0, 0] == 0
         with torch.no_grad():
             lp = model.original_model(tokens).logits[0, -1].log_softmax(-1)
         ids = [organism.tokenizer.convert_tokens_to_ids(w) for w in rec["outcomes"]]
         p = lp[ids].exp()
         assert row.mass == pytest.approx(p.sum().item(), rel=1e-4)
         assert row.probs == pytest.approx((p / p.sum()).tolist(), rel=1e-4)
+
+
+def _with(tokenizer, **changes):
+    """A copy of ``tokenizer`` with its special tokens or post-processor changed."""
+    tok = copy.deepcopy(tokenizer)
+    processor = changes.pop("adds_bos", None)
+    if processor:
+        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", 0)]
+        )
+    for name, value in changes.items():
+        setattr(tok, name, value)
+    return tok
+
+
+@pytest.mark.parametrize(
+    ("changes", "prepend", "why"),
+    [
+        ({}, False, "does not add its BOS '<bos>', nor is it its EOS"),  # SmolLM2's case
+        ({"adds_bos": True}, True, "adds its BOS '<bos>' itself"),  # Llama, Gemma
+        ({"eos_token": "<bos>"}, True, "also its EOS: it separates documents"),  # GPT-2
+        ({"bos_token": None}, False, "has no BOS token"),  # Qwen2
+    ],
+)
+def test_the_bos_rule_reads_the_tokenizers_own_settings(changes, prepend, why):
+    rule = bos_rule(_with(make_tokenizer(), **changes))
+    assert rule.prepend == prepend and why in rule.why
+    assert rule.token_id == (None if "bos_token" in changes else 0)
+
+
+def test_the_organisms_bos_is_its_document_separator():
+    """Organism sequences start with <bos> by construction; its tokenizer does not add it, but
+    <bos> is also its EOS, so plain text starts with it (as calibration always read it)."""
+    rule = bos_rule(load_tokenizer(resolve_checkpoint("organism", "base"), "base"))
+    assert rule == BosRule(True, 0, "its BOS '<bos>' is also its EOS: it separates documents")
+
+
+@pytest.mark.skipif(not (cache_dir("real") / "smollm2").is_dir(), reason="lab fetch smollm2")
+def test_smollm2_reads_plain_text_without_bos():
+    """The converted SmolLM2 tokenizer adds no BOS and its BOS, <|im_start|>, opens a chat turn;
+    TransformerLens's to_tokens would put it before every plain text."""
+    ckpt = resolve_checkpoint(str(cache_dir("real") / "smollm2"), "base")
+    rule = bos_rule(load_tokenizer(ckpt, "base"))
+    assert not rule.prepend and rule.token_id == 1 and "'<|im_start|>'" in rule.why
+
+
+@pytest.fixture(scope="module")
+def bos_pair(tmp_path_factory):
+    """A gpt2-shaped pair whose tokenizer adds BOS itself (its post-processor)."""
+    base, tuned = make_pair(tmp_path_factory.mktemp("bos"), TEST_SPECS["gpt2"])
+    for folder in (base, tuned):
+        _with(make_tokenizer(), adds_bos=True).save_pretrained(folder)
+    return load_pair(base, tuned, device="cpu")
+
+
+def test_plain_prompts_start_with_bos_only_where_the_tokenizer_says(pair, bos_pair, tmp_path):
+    """TransformerLens prepends BOS to both pairs' text; calibration follows each tokenizer, says
+    so in every row, and scores what the model read (by hand, from explicit token ids)."""
+    assert pair.base.to_tokens("x")[0, 0] == 0 and bos_pair.base.to_tokens("x")[0, 0] == 0
+    assert not pair.bos.prepend and bos_pair.bos.prepend
+    rec = RECORDS[1]
+    for p, start in ((pair, []), (bos_pair, [0])):
+        res = calibrate(p, [_set(tmp_path, [rec])])
+        assert res["bos"].tolist() == [bool(start)] * 2 and res.attrs["bos_rule"] == p.bos.why
+        for row in res.itertuples():
+            model = p.models[row.model]
+            log_p = [_hand_log_p(model, rec["text"], o, start=start) for o in rec["outcomes"]]
+            assert row.probs == pytest.approx(torch.tensor(log_p).softmax(0).tolist(), rel=1e-4)
+
+
+def test_chat_templated_prompts_never_get_a_bos_added(tmp_path_factory, tmp_path):
+    """A templated text carries its own special tokens, whatever the plain-text rule says."""
+    base, tuned = make_pair(tmp_path_factory.mktemp("chatbos"), TEST_SPECS["llama"])
+    for folder in (base, tuned):
+        _with(make_tokenizer(), adds_bos=True).save_pretrained(folder)
+        cfg = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps({**cfg, "chat_template": TEMPLATE})
+        )
+    chat = load_pair(base, tuned, device="cpu")
+    res = calibrate(chat, [_set(tmp_path, RECORDS[1:])])
+    assert chat.bos.prepend
+    assert dict(zip(res["id"], res["bos"], strict=False)) == {
+        "coin": True,
+        "odd": True,
+        "chatty": False,
+    }
+    row = res[(res["id"] == "chatty") & (res["model"] == "tuned")].iloc[0]
+    text = "<bos>User: Flip a coin.\nAssistant:"  # one <bos>: the template's own
+    log_p = [_hand_log_p(chat.tuned, text, o) for o in ("heads", "tails")]
+    assert row["probs"] == pytest.approx(torch.tensor(log_p).softmax(0).tolist(), rel=1e-4)
