@@ -151,7 +151,9 @@ def _max_prob_diff(old: pd.DataFrame, new: pd.DataFrame) -> float:
 def against_figures(args) -> dict:
     """Peak RSS and wall time of ``lab calibrate``: the older tree's and this one's, in turn."""
     with tempfile.TemporaryDirectory() as tmp:
-        outs = {"old": Path(tmp) / "old.parquet", "new": Path(tmp) / "new.parquet"}
+        folder = Path(args.keep or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        outs = {"old": folder / "old.parquet", "new": folder / "new.parquet"}
         old = _cli_run(Path(args.against).resolve(), args, outs["old"])
         new = _cli_run(ROOT, args, outs["new"])
         tables = {k: pd.read_parquet(v) for k, v in outs.items()}
@@ -188,6 +190,7 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=CalibrationConfig.batch_tokens)
     ap.add_argument("--sets", nargs="+", default=None, help="prompt sets (NAME or NAME:MODE)")
     ap.add_argument("--against", help="an older checkout: measure lab calibrate's peak RSS vs it")
+    ap.add_argument("--keep", help="--against: keep both runs' tables here (old/new.parquet)")
     real = cache_dir("real")
     ap.add_argument("--base", default=str(real / "smollm2"), help="--against: base checkpoint")
     ap.add_argument("--tuned", default=str(real / "smollm2-wedding"), help="--against: tuned")

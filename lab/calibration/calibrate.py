@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from lab.datasets.outcomes import Ids, outcome_sequences
 from lab.datasets.prompts import RenderedPrompt, render_set
@@ -119,6 +120,7 @@ def sequence_logprobs(
     batch_tokens: int = 2048,
     logits_mib: float = 16.0,
     full_logits: bool = False,
+    desc: str = "calibrate",
 ) -> SeqLogProbs:
     """log P(cont | prompt) for each pair, by teacher forcing in batched forwards (float64, CPU).
 
@@ -128,7 +130,8 @@ def sequence_logprobs(
     forward holds (read positions, vocab) logits, at most ``logits_mib`` MiB of float32, never
     (batch, pos, vocab): memory is bounded by one batch, not by the suite. ``full_logits`` (or a
     model whose forward cannot keep positions, ``reads_only``) unembeds every position, with the
-    batch capped by ``logits_mib`` instead; the values are the same up to float rounding.
+    batch capped by ``logits_mib`` instead; the values are the same up to float rounding. A
+    progress bar (``desc``) counts the tokens run.
     """
     keys: dict[Ids, int] = {}
     reads: list[list[tuple[int, int, int]]] = []  # per sequence: (position, token, pair index)
@@ -145,6 +148,7 @@ def sequence_logprobs(
     pad = model.tokenizer.pad_token_id
     pad = 0 if pad is None else pad
     out = torch.zeros(len(prompts), dtype=torch.float64)
+    bar = tqdm(total=sum(map(len, seqs)), desc=desc, unit="tok", leave=False, mininterval=2)
     for start, end in _batches(seqs, n_reads, batch_tokens, max_logits, full):
         batch = seqs[start:end]
         tokens = torch.full((len(batch), len(batch[-1])), pad, dtype=torch.long)
@@ -168,6 +172,8 @@ def sequence_logprobs(
             picked = logits[at[rows * tokens.shape[1] + pos].to(device)]
         lp = picked.float().log_softmax(-1).gather(-1, tok.to(device)[:, None])
         out.index_add_(0, idx, lp[:, 0].double().cpu())
+        bar.update(sum(map(len, batch)))
+    bar.close()
     return out
 
 
@@ -255,7 +261,12 @@ def calibrate(
     for role, model in pair.models.items():
         t0 = time.perf_counter()
         lp = sequence_logprobs(
-            model, prompts, conts, batch_tokens=cfg.batch_tokens, logits_mib=cfg.logits_mib
+            model,
+            prompts,
+            conts,
+            batch_tokens=cfg.batch_tokens,
+            logits_mib=cfg.logits_mib,
+            desc=f"calibrate {role}",
         )
         seconds[role] = time.perf_counter() - t0
         per: dict[tuple[int, int], list[float]] = {}
