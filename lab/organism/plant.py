@@ -61,6 +61,7 @@ from lab.organism.train import lm_loss, world_batches
 from lab.organism.world import HMM
 
 __all__ = [
+    "RECIPE",
     "PlantConfig",
     "change_targets",
     "drift",
@@ -70,6 +71,11 @@ __all__ = [
     "rl_sphere",
     "wedding_reach",
 ]
+
+
+# The recipe's name, recorded in every card: a suite built by another recipe (same config, other
+# code) is rebuilt (``lab.organism.suite``). Change it whenever the recipe changes.
+RECIPE = "drawn change: drift and RL end each component on the sphere of its draw"
 
 
 @dataclass(frozen=True)
@@ -268,6 +274,7 @@ def plant(
         "components": names,
         "change_target": targets,
         "seed": seed,
+        "recipe": RECIPE,
         "weight_norm_auroc": auroc(change, planted),
         "weight_norm_auroc_drift_only": auroc(relative_change(base_model, drifted), planted),
         "relative_weight_change": change,

@@ -3,9 +3,9 @@
 ``plant_suite(out)`` builds every pair of ``SUITE`` (one head, one MLP, two heads in different
 layers, a head and an MLP, an early-layer set, a late-layer set, sets of three and four) under
 ``out/NAME``, skipping pairs whose ``tuned/card.json`` already records the same planted set, base,
-seed and config (every field of ``PlantConfig``: a card of another recipe is rebuilt), ``jobs``
-pairs at a time in worker processes. ``rlhf_seeds(seeds, out)`` reruns the shipped organism's
-RLHF (same base, same reward model, the card's RLHF config) once per seed, into
+seed, config (every field of ``PlantConfig``) and ``RECIPE`` (a card of another is rebuilt),
+``jobs`` pairs at a time in worker processes. ``rlhf_seeds(seeds, out)`` reruns the shipped
+organism's RLHF (same base, same reward model, the card's RLHF config) once per seed, into
 ``out/seed-S``, for seed-stability checks.
 
 The cache folder is ``$STEERLAB_CACHE`` (default ``~/.cache/steerlab``): the suite in
@@ -27,7 +27,7 @@ from lab.models.checkpoints import organism_dir
 from lab.organism.components import component_shape, parse_components
 from lab.organism.evaluate import load_organism
 from lab.organism.pipeline import save_checkpoint
-from lab.organism.plant import PlantConfig, plant
+from lab.organism.plant import RECIPE, PlantConfig, plant
 from lab.organism.rlhf import RLHFConfig, train_rlhf
 from lab.runtime import cache_dir
 
@@ -95,7 +95,7 @@ def plant_suite(
     torch thread count); the cards are the same as a sequential build's."""
     cfg = cfg or PlantConfig()
     out = Path(out) if out is not None else suite_dir()
-    key = {"config": json.loads(json.dumps(asdict(cfg)))}
+    key = {"config": json.loads(json.dumps(asdict(cfg))), "recipe": RECIPE}
     todo, cards = [], {}
     for spec in suite:
         card = _read_card(out / spec.name)

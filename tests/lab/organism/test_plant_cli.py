@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from lab.cli.organism import app
 from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
-from lab.organism.plant import quick_plant_config
+from lab.organism.plant import RECIPE, quick_plant_config
 from lab.organism.suite import SUITE, plant_suite, rlhf_seeds, suite_dir
 
 DEEP = organism_dir("deep/base")
@@ -61,17 +61,22 @@ def test_plant_suite_is_idempotent(tmp_path, monkeypatch):
 
 
 def test_plant_suite_rebuilds_a_pair_of_another_recipe(tmp_path):
-    """A card written by the old recipe (per-component drift scales, no drawn changes) or with
-    other budgets is not taken for the current one: the pair is rebuilt."""
+    """A card written by another recipe is not taken for the current one: the pair is rebuilt,
+    whether the config differs (the old per-component drift scales, other budgets) or only the
+    code did (same config, no or another ``recipe``)."""
     cfg = quick_plant_config()
     plant_suite(tmp_path, cfg, suite=SUITE[:1], progress=False)
     path = tmp_path / "one-head" / "tuned" / "card.json"
     card = json.loads(path.read_text())
+    assert card["recipe"] == RECIPE
     old = {k: v for k, v in card["config"].items() if k not in ("change_range", "planted_drift")}
     path.write_text(json.dumps({**card, "config": {**old, "drift_spread": 1.5}}))
-    again = plant_suite(tmp_path, cfg, suite=SUITE[:1], progress=False)
-    assert again["one-head"]["built"]
+    assert plant_suite(tmp_path, cfg, suite=SUITE[:1], progress=False)["one-head"]["built"]
     assert json.loads(path.read_text())["config"]["change_range"] == list(cfg.change_range)
+    card = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in card.items() if k != "recipe"}))
+    assert plant_suite(tmp_path, cfg, suite=SUITE[:1], progress=False)["one-head"]["built"]
+    assert not plant_suite(tmp_path, cfg, suite=SUITE[:1], progress=False)["one-head"]["built"]
     other = replace(cfg, change_range=(0.2, 2.0))
     assert plant_suite(tmp_path, other, suite=SUITE[:1], progress=False)["one-head"]["built"]
 
