@@ -7,7 +7,8 @@ and keeps the tables. A job's result is written by the job itself (``runner.run_
 run folder and the checkpoints must be on a filesystem the workers share with the driver.
 
 Ray and submitit are optional extras (``pip install 'steerlab[ray]'`` / ``'steerlab[slurm]'``):
-each is imported when its executor opens, and a missing one is a one-line ``LabError``.
+each is imported when its executor opens, and a missing one is a one-line ``LabError``; so is a
+``ray://`` address without Ray's client (grpcio, in the same extra).
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ class _Ray:
 
     def __init__(self, config: SweepConfig, spec: RaySpec):
         self.ray = ray = _extra("ray", "ray")
+        if (spec.address or "").startswith("ray://"):  # Ray's client, its extra's grpcio
+            _extra("grpc", "ray")
         self.started = not ray.is_initialized()
         if self.started:
             start = {

@@ -3,14 +3,18 @@ the local executor's tables; a worker killed mid-job is retried; bad executors a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import psutil
@@ -170,6 +174,93 @@ def test_bad_executor_settings_are_refused(tmp_path, run, message):
         sweep.load_config(config)
     with pytest.raises(LabError, match=r"^--executor: unknown executor 'dask'\. Valid: local, ray"):
         sweep.load_config(_config(tmp_path / "run"), executor="dask")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_head(temp: str) -> tuple[subprocess.Popen, str] | None:
+    """``ray start --head --block`` with its client server on a free port of 127.0.0.1 (Ray
+    binds the loopback address when clusters are off, as on a laptop): the process and its
+    ray:// address once the client server answers, or None if the head gave up starting."""
+    port = _free_port()
+    ray = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--port=0", f"--ray-client-server-port={port}",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+         f"--temp-dir={temp}"],
+        # no token authentication (a cluster that has it wants RAY_AUTH_MODE=token on drivers)
+        env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the head and all it starts
+    )  # fmt: skip
+    deadline = time.time() + 180
+    while time.time() < deadline and head.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return head, f"ray://127.0.0.1:{port}"
+        time.sleep(0.5)
+    _stop_head(head, set())
+    return None
+
+
+def _stop_head(head: subprocess.Popen, started: set[int]) -> None:
+    with contextlib.suppress(psutil.Error):
+        started |= {p.pid for p in psutil.Process(head.pid).children(recursive=True)}
+    head.terminate()  # ray start --block stops the processes it started
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+        head.wait()
+    with contextlib.suppress(ProcessLookupError):  # its process group, if any is left in it
+        os.killpg(head.pid, signal.SIGKILL)
+    for pid in started:  # any that left the group, by their ids
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A real Ray cluster started apart from the sweep, as `ray start --head` does, reached at
+    its ray:// client address; torn down, with every process it started, whatever the test did.
+    Started again up to 3 times: a raylet gives up when its agents take over 15 s to start, as
+    they can on a loaded machine."""
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit
+    head, started = None, set()
+    try:
+        for _ in range(3):
+            head = _start_head(temp)
+            if head is not None:
+                break
+        if head is None:
+            pytest.fail("the Ray head node did not start (3 tries)")
+        started = {p.pid for p in psutil.Process(head[0].pid).children(recursive=True)}
+        yield head[1]
+    finally:
+        if head is not None:
+            _stop_head(head[0], started)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_ray_client_address_runs_the_sweep_on_that_cluster(local, tmp_path, ray_head):
+    ray = {"address": ray_head, "connect_timeout": 180.0}  # a loaded machine connects slowly
+    config = _config(tmp_path / "client", "ray", ray=ray)
+    out = sweep.run(config)
+    _same_tables(local, out)
+
+
+def test_a_ray_client_address_without_grpcio_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "grpc", None)
+    config = sweep.load_config(
+        _config(tmp_path / "run", "ray", ray={"address": "ray://127.0.0.1:1"})
+    )
+    with pytest.raises(LabError, match=r"needs grpc: pip install 'steerlab\[ray\]'") as e:
+        open_backend(config)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(("name", "extra"), [("ray", "ray"), ("slurm", "slurm")])
