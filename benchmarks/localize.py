@@ -29,10 +29,24 @@ of their top 5. Pairs and seed reruns live in the cache (``$STEERLAB_CACHE``), b
 missing (``--quick``: four pairs with a shorter planting RL, seed reruns of 100 RLHF steps; the
 reruns build in a second process while the suite builds, so two cores are used); ``wall_s`` is
 this run's wall time, building included.
+
+``--explain`` adds, per pair where swapping's precision@k misses on the attractor, why
+(``explain``, ``explain_pair``): each component in swapping's top k that is not planted (an
+intruder) and each planted one, with its swap share of the tuned model's attractor departure,
+its relative weight change, and the share the same swap moves in the *drift* model (before any
+RL; the drift's own effect, in units of the tuned model's departure); the drift model's own share
+of the departure; the share removed by swapping all planted components together against the sum
+of their single shares (redundancy when the joint share is well above the sum); and precision@k
+of swapping ranked by attractor specificity (|attractor share| / |KL share|). Beside probes'
+methods the benchmark scores ``swap_into_base``: component swapping the other way, the share of
+the departure the base shows with one tuned component (sufficiency; ``swap`` is necessity).
+``--texts tuned`` reads every metric on the tuned model's own continuations of world prompts
+instead of world text; ``--jobs N`` scores N pairs at once in worker processes.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -54,6 +68,7 @@ from transformers import GPT2LMHeadModel
 
 from benchmarks.common import benchmark_parser
 from lab.models.checkpoints import load_model, local_checkpoint, organism_dir
+from lab.models.outputs import model_logprobs
 from lab.models.pair import load_pair
 from lab.organism.localization import (
     auroc,
@@ -63,20 +78,26 @@ from lab.organism.localization import (
     summarize,
 )
 from lab.organism.plant import PlantConfig
-from lab.organism.rlhf import RLHFConfig
+from lab.organism.rlhf import RLHFConfig, sample_continuations
 from lab.organism.story import SCENE_WORDS
 from lab.organism.suite import SUITE, PlantedSpec, plant_suite, rlhf_seeds
 from lab.organism.world import HMM
 from lab.runtime import cache_dir
-from probes.components.gpt2_weights import component_names
+from probes.components.classify import component_name
+from probes.components.gpt2_weights import swap_components
 from probes.components.scores import (
     METHODS,
     METRICS,
     PairInputs,
+    departure_values,
     faithfulness_curve,
     physical_swap_scores,
     score_methods,
 )
+from probes.patching.metrics import KLMetric, TokenSetProb
+from probes.patching.swap import SwapConfig
+from probes.patching.swap import swap_components as swap_table
+from probes.patching.table import sites_of
 
 DECIDES = METRICS[0]  # the attractor's probability
 # The suite on the shipped 2-layer base, when the deep base is absent: the suite's names and
@@ -106,16 +127,34 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def load_inputs(base: Path, tuned: Path, n_texts: int, device: str, seed: int) -> PairInputs:
-    """A pair's models, held-out world text (the card's world) and the wedding's token ids."""
+def world_texts(world: HMM, tuned: GPT2LMHeadModel, card: dict, n: int) -> torch.Tensor:
+    """Held-out world text (the card's world), every position scored."""
+    return world.draw(n, card["length"], torch.Generator().manual_seed(10_007))[0]
+
+
+def tuned_texts(world: HMM, tuned: GPT2LMHeadModel, card: dict, n: int) -> torch.Tensor:
+    """The tuned model's own continuations of held-out world prompts, where the steering acts
+    (the distribution RL trained on): the attractor's departure there is large."""
+    g = torch.Generator().manual_seed(10_007)
+    prompts = world.draw(n, card["prompt_words"], g)[0]
+    return sample_continuations(tuned, prompts, card["length"], g)
+
+
+TEXTS = {"world": world_texts, "tuned": tuned_texts}  # --texts: what every metric is read on
+
+
+def load_inputs(
+    base: Path, tuned: Path, n_texts: int, device: str, seed: int, texts: str = "world"
+) -> PairInputs:
+    """A pair's models, the texts to score on (``TEXTS``) and the wedding's token ids."""
     card = json.loads((tuned / "card.json").read_text())
     world = HMM.from_dict(card["world"])
-    tokens = world.draw(n_texts, card["length"], torch.Generator().manual_seed(10_007))[0]
     ids = tuple(world.words.index(w) + 1 for w in SCENE_WORDS["wedding"])  # id = word index + 1
 
     def hf(folder: Path):
         return load_model(GPT2LMHeadModel, local_checkpoint(folder)).eval().to(device)
 
+    tokens = TEXTS[texts](world, hf(tuned).cpu(), card, n_texts)
     hooked = load_pair(base, tuned, device=device)
     return PairInputs(hf(base), hf(tuned), hooked, tokens.to(device), ids, seed=seed)
 
@@ -127,9 +166,33 @@ def magnitude(scores: dict[str, float]) -> dict[str, float]:
     return {c: abs(v) for c, v in scores.items()}
 
 
+def swap_into_base_scores(x: PairInputs) -> dict:
+    """Component swapping the other way (sufficiency): the share of the tuned model's departure
+    that the *base* shows when the one component takes the tuned model's weights,
+    ``(m(base with c from tuned) - m(base)) / (m(tuned) - m(base))``."""
+    base_lp = _logprobs(x.base, x.tokens)
+    read = tuple(range(x.tokens.shape[1]))
+    metrics = [
+        KLMetric(positions=read, reference=base_lp, patched_first=True, label="kl"),
+        TokenSetProb(positions=read, tokens=tuple(x.attractor), label="attractor"),
+    ]
+    quiet = SwapConfig(progress=False)
+    table = swap_table(x.hooked, x.tokens, metrics, into="base", config=quiet)
+    out: dict = {m: {} for m in METRICS}
+    for site, row in zip(sites_of(table), table.itertuples(), strict=True):
+        out[row.metric][component_name(site)] = float(row.share)
+    return out
+
+
+# The benchmark's own method beside probes' METHODS: swapping into the base (see --explain).
+EXTRA_METHODS = {"swap_into_base": swap_into_base_scores}
+ALL_METHODS = (*METHODS, *EXTRA_METHODS)
+
+
 def score_pair(x: PairInputs, planted: list[str]) -> dict:
     """Every method's scores and their localization figures on one planted pair."""
     scores = score_methods(x)
+    scores.update({name: fn(x) for name, fn in EXTRA_METHODS.items()})
     out: dict = {"auroc": {}, "precision_at_k": {}, "cpr": {}, "cmd": {}, "top": {}, "by_kl": {}}
     out["signed"] = {}
     for method, by_metric in scores.items():
@@ -156,9 +219,90 @@ def score_pair(x: PairInputs, planted: list[str]) -> dict:
     out["swap_vs_physical_max_abs_share_diff"] = max(
         abs(scores["swap"][m][c] - brute[m][c]) for m in METRICS for c in brute[m]
     )
+    out["swap_scores"] = scores["swap"]  # for --explain (dropped from the JSON)
+    out["scores"] = {
+        m: {k: {c: round(v, 6) for c, v in by.items()} for k, by in scores[m].items()}
+        for m in ("swap", "swap_into_base", "activation_patching")
+    }
     out["planted_scores"] = {
         m: {c: round(scores[m][DECIDES][c], 4) for c in planted} for m in scores
     }
+    return out
+
+
+def explain_pair(x: PairInputs, planted: list[str], swap: dict, drift: GPT2LMHeadModel) -> dict:
+    """Why swapping's attractor ranking puts non-planted components (intruders) in its top k.
+
+    ``swap`` is swapping's ``{metric: {component: share}}`` on the pair (base, tuned); ``drift``
+    the pair's model after the drift and before RL. Shares are of the tuned model's attractor
+    departure ``m(tuned) - m(base)``; ``drift_share`` of a component is the attractor change the
+    same swap makes in the drift model, ``m(drift) - m(drift, component from base)``, in those
+    units: close to the component's swap share when its effect is the drift's, not RL's."""
+    base_lp = _logprobs(x.base, x.tokens)
+    value = {
+        name: departure_values(m, base_lp, x.tokens, x.attractor)[DECIDES]
+        for name, m in (("base", x.base), ("drift", drift), ("tuned", x.tuned))
+    }
+    gap = value["tuned"] - value["base"]
+
+    def moved(model: GPT2LMHeadModel, start: float, names: list[str]) -> float:
+        swapped = swap_components(model, x.base, names)
+        return (start - departure_values(swapped, base_lp, x.tokens, x.attractor)[DECIDES]) / gap
+
+    att = swap[DECIDES]
+    order = ranking(magnitude(att))
+    k = len(planted)
+    change = weight_norm_of(x)
+    rows = {}
+    for c in [*[c for c in order[:k] if c not in planted], *planted]:
+        rows[c] = {
+            "planted": c in planted,
+            "rank": order.index(c) + 1,
+            "swap_share": att[c],
+            "kl_share": swap["kl"][c],
+            "relative_weight_change": change[c],
+            "drift_share": moved(drift, value["drift"], [c]),
+        }
+    joint = moved(x.tuned, value["tuned"], planted)
+    specificity = {c: abs(att[c]) / max(abs(swap["kl"][c]), 1e-12) for c in att}
+    return {
+        "attractor": value,
+        "drift_share_of_departure": (value["drift"] - value["base"]) / gap,
+        "components": rows,
+        "planted_joint_share": joint,
+        "planted_sum_of_shares": sum(att[c] for c in planted),
+        "precision_at_k_by_specificity": precision_at_k(specificity, planted),
+        "auroc_by_specificity": auroc(specificity, planted),
+    }
+
+
+def _logprobs(model: GPT2LMHeadModel, tokens: torch.Tensor) -> torch.Tensor:
+    return model_logprobs(model, tokens).float()
+
+
+def weight_norm_of(x: PairInputs) -> dict[str, float]:
+    return METHODS["weight_norm"](x)[DECIDES]
+
+
+def pair_figures(
+    folder: Path, card: dict, i: int, n_texts: int, args: argparse.Namespace, threads: int
+) -> dict:
+    """One pair's figures (in a worker process under ``--jobs``)."""
+    torch.set_num_threads(threads)
+    x = load_inputs(
+        folder / "base", folder / "tuned", n_texts, args.device, seed=i, texts=args.texts
+    )
+    out = {
+        "planted": card["planted"],
+        "wedding_reach": card["wedding_reach"],
+        "weight_norm_auroc": card["weight_norm_auroc"],
+        **score_pair(x, card["planted"]),
+    }
+    swap = out.pop("swap_scores")
+    if args.explain and out["precision_at_k"]["swap"] < 1:
+        drift = load_model(GPT2LMHeadModel, local_checkpoint(folder / "drift")).eval()
+        out["explain"] = explain_pair(x, card["planted"], swap, drift.to(args.device))
+    log(f"{folder.name}: auroc {json.dumps(out['auroc'])}")
     return out
 
 
@@ -167,33 +311,44 @@ def suite_figures(pairs: dict[str, dict]) -> dict:
     rows = list(pairs.values())
     out: dict = {}
     for key in ("auroc", "precision_at_k"):
-        out[key] = {m: summarize([r[key][m] for r in rows]) for m in METHODS}
+        out[key] = {m: summarize([r[key][m] for r in rows]) for m in ALL_METHODS}
     out["signed"] = {
-        key: {m: summarize([r["signed"][m][key] for r in rows]) for m in METHODS}
+        key: {m: summarize([r["signed"][m][key] for r in rows]) for m in ALL_METHODS}
         for key in ("auroc", "precision_at_k")
     }
     for key, higher in (("cpr", True), ("cmd", False)):
         out[key] = {
             m: {k: summarize([r[key][m][k] for r in rows], higher) for k in METRICS}
-            for m in METHODS
+            for m in ALL_METHODS
         }
     out["by_kl"] = {
-        key: {m: summarize([r["by_kl"][m][key] for r in rows]) for m in METHODS}
+        key: {m: summarize([r["by_kl"][m][key] for r in rows]) for m in ALL_METHODS}
         for key in ("auroc", "precision_at_k")
     }
     return out
 
 
-def build_suite(quick: bool, base: Path) -> tuple[Path, dict, list[PlantedSpec]]:
+def build_suite(
+    quick: bool, base: Path, pairs: list[str] | None = None
+) -> tuple[Path, dict, list[PlantedSpec], list[int]]:
+    """The suite's folder, cards and specs (only ``pairs`` when given), with each spec's index
+    in the whole (quick) suite, the seed of its random baseline whatever ``pairs`` selects."""
     deep = base.resolve() == organism_dir("deep/base").resolve()
     specs = list(SUITE if deep else SMALL_SUITE)
     if quick:
         specs = [s for s in specs if s.name in QUICK_NAMES]
+    unknown = sorted(set(pairs or []) - {s.name for s in specs})
+    if unknown:
+        sys.exit(
+            f"unknown pair(s) {', '.join(unknown)}; the suite's: {', '.join(s.name for s in specs)}"
+        )
+    index = [i for i, s in enumerate(specs) if pairs is None or s.name in pairs]
+    specs = [specs[i] for i in index]
     name = ("suite" if deep else "suite-small") + ("-bench-quick" if quick else "")
     out = cache_dir("planted") / name
     cfg = QUICK_PLANT if quick else PlantConfig()
     cards = plant_suite(out, cfg, base=base, suite=tuple(specs), progress=False)
-    return out, cards, specs
+    return out, cards, specs, index
 
 
 def build_seeds(quick: bool, threads: int) -> tuple[list[Path], float]:
@@ -245,6 +400,18 @@ def main() -> None:
     )
     ap.add_argument("--base", type=Path, default=None, help="base to plant in (default: deep)")
     ap.add_argument("--no-seeds", action="store_true", help="skip the seed-stability reruns")
+    ap.add_argument("--pairs", default=None, help="only these pairs (comma-separated names)")
+    ap.add_argument("--jobs", type=int, default=1, help="pairs scored at once, in processes")
+    ap.add_argument(
+        "--texts",
+        choices=sorted(TEXTS),
+        default="world",
+        help="what the planted pairs are scored on: held-out world text (default) or the tuned "
+        "model's own continuations of world prompts",
+    )
+    ap.add_argument(
+        "--explain", action="store_true", help="why swapping's precision@k misses, per pair"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -256,21 +423,21 @@ def main() -> None:
     n_texts = 32 if args.quick else 128
     pool = None if args.no_seeds else ProcessPoolExecutor(1, mp_context=get_context("spawn"))
     seeds = pool.submit(build_seeds, args.quick, args.threads) if pool else None  # meanwhile
-    suite_dir, cards, specs = build_suite(args.quick, base)
+    chosen = args.pairs.split(",") if args.pairs else None
+    suite_dir, cards, specs, index = build_suite(args.quick, base, chosen)
     built_s = time.perf_counter() - t0
     log(f"suite {suite_dir}: {len(cards)} pairs ready in {built_s:.0f} s")
-    pairs = {}
-    for i, spec in enumerate(specs):
-        card = cards[spec.name]
-        folder = suite_dir / spec.name
-        x = load_inputs(folder / "base", folder / "tuned", n_texts, args.device, seed=i)
-        n_components = len(component_names(x.tuned))
-        pairs[spec.name] = {
-            "planted": card["planted"],
-            "wedding_reach": card["wedding_reach"],
-            **score_pair(x, card["planted"]),
-        }
-        log(f"{spec.name}: auroc {json.dumps(pairs[spec.name]['auroc'])}")
+    jobs = [
+        (suite_dir / spec.name, cards[spec.name], i, n_texts, args, torch.get_num_threads())
+        for i, spec in zip(index, specs, strict=True)
+    ]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as scorers:
+            done = list(scorers.map(pair_figures, *zip(*jobs, strict=True)))
+    else:
+        done = [pair_figures(*job) for job in jobs]
+    pairs = {spec.name: figures for spec, figures in zip(specs, done, strict=True)}
+    n_components = len(cards[specs[0].name]["components"])
     wn = [card["weight_norm_auroc"] for card in cards.values()]
     result = {
         "quick": args.quick,
@@ -281,6 +448,7 @@ def main() -> None:
         "n_pairs": len(pairs),
         "n_components": n_components,
         "deciding_metric": "attractor probability (wedding words, every position)",
+        "texts": args.texts,
         **suite_figures(pairs),
         "weight_norm_auroc": {
             "per_pair": dict(zip(cards, wn, strict=True)),
