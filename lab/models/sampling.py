@@ -33,9 +33,14 @@ NextLogits = Callable[[Tokens], Float[Tensor, "batch vocab"]]  # prefix -> last 
 
 
 def categorical(cdf: Float[Tensor, "batch k"], generator: torch.Generator | None) -> Tensor:
-    """One draw per row from rows of cumulative probabilities (inverse CDF)."""
+    """One draw per row from rows of cumulative probabilities (inverse CDF).
+
+    The draw is the first token whose cumulative probability exceeds u ~ U[0, total): token k
+    owns [cdf[k-1], cdf[k]), so a zero-probability token (an empty interval) is never drawn, not
+    even when u is exactly 0 or exactly a boundary.
+    """
     u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
-    return (cdf < u).sum(-1).clamp(max=cdf.shape[1] - 1)
+    return (cdf <= u).sum(-1).clamp(max=cdf.shape[1] - 1)
 
 
 def emittable(

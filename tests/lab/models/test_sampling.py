@@ -19,6 +19,14 @@ def test_categorical_draws_follow_the_distribution():
     assert torch.equal(unnormalised, draws[:5])  # the draw scales by the total mass
 
 
+def test_categorical_never_draws_a_zero_probability_token_at_a_boundary(monkeypatch):
+    # u exactly 0 (float32 rand can return it) or exactly a cdf value: the empty intervals of
+    # zero-probability tokens (first, middle) are skipped; `cdf < u` drew token 0 at u = 0.
+    cdf = torch.tensor([[0.0, 0.25, 0.25, 1.0]] * 2)
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.tensor([[0.0], [0.25]]))
+    assert categorical(cdf, None).tolist() == [1, 3]
+
+
 def test_kv_cache_and_recompute_draw_the_same_tokens(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(make_checkpoint(tmp_path / "m", arch="llama"))
     model = model.double().eval()
