@@ -70,7 +70,7 @@ class CalibrationConfig:
 
     merge_case: bool = True  # an outcome also counts with its first letter upper-cased
     leading_space: bool = True  # ... and each spelling also with a leading space
-    batch_tokens: int = 2048  # most tokens (sequences x padded length) in one forward
+    batch_tokens: int = 1024  # most tokens (sequences x padded length) in one forward
     logits_mib: float = 16.0  # most MiB of float32 logits in one forward (read positions)
     n_bins: int = 15  # ECE bins, equal width on [0, 1]
 
@@ -117,7 +117,7 @@ def sequence_logprobs(
     prompts: Sequence[Ids],
     conts: Sequence[Ids],
     *,
-    batch_tokens: int = 2048,
+    batch_tokens: int = 1024,
     logits_mib: float = 16.0,
     full_logits: bool = False,
     desc: str = "calibrate",

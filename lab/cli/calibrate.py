@@ -36,7 +36,7 @@ def calibrate(
     trust_remote_code: bool = typer.Option(
         False, help="Run the checkpoints' own model code (only for authors you trust)."
     ),
-    batch_tokens: int = typer.Option(2048, help="Most tokens in one forward."),
+    batch_tokens: int = typer.Option(1024, help="Most tokens in one forward."),
     plot: Path = typer.Option(None, help="Write the plot here (e.g. calibration.png)."),
     out: Path = typer.Option(
         None, help="Write the per-record results here (calibration.parquet) for the report."
