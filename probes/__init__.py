@@ -1,7 +1,10 @@
 """Probes: the analyses of a pair. ``linear``: what each layer of each model represents;
 ``patching``: what carries the models' difference (activation patching: mediation; component
 swapping: locus); ``components``: which heads and MLPs predict and which steer, and the migration
-map; ``sampling``: generation, with components patched from the other model.
+map; ``sampling``: generation, with components patched from the other model; ``value``: the
+model-based alternative (a Q head read from the base's residual stream and the value-guided
+sampler); ``frontier``: every steering method's true utility against KL on the organism, beside
+the exact optimum pi*.
 
 A notebook's lines (with ``lab``, which loads the pair and caches its activations)::
 
@@ -14,7 +17,7 @@ A notebook's lines (with ``lab``, which loads the pair and caches its activation
 The names below are each subpackage's entry points; everything else is in the subpackage.
 """
 
-from probes import components, linear, patching, sampling
+from probes import components, frontier, linear, patching, sampling, value
 from probes.components import ClassifyConfig, classify, layer_summary, migration_map, top_steering
 from probes.linear import Probe, ProbeConfig, ProbeResults, fit_probes, plot_probe_scores
 from probes.patching import (
@@ -43,6 +46,7 @@ __all__ = [
     "cross_model",
     "denoise",
     "fit_probes",
+    "frontier",
     "layer_summary",
     "linear",
     "migration_map",
@@ -55,4 +59,5 @@ __all__ = [
     "swap_components",
     "to_grid",
     "top_steering",
+    "value",
 ]
