@@ -18,12 +18,12 @@ __all__ = ["cache", "store_app", "store_info"]
 store_app = typer.Typer(name="store", help="Inspect activation stores.", no_args_is_help=True)
 
 
-def _jsonl(path: Path, tokenizer, seq_len: int, text_field: str) -> Dataset:
-    return Dataset.from_jsonl(path, tokenizer, text_field=text_field)
+def _jsonl(path: Path, tokenizer, seq_len: int, text_field: str, bos: bool) -> Dataset:
+    return Dataset.from_jsonl(path, tokenizer, text_field=text_field, prepend_bos=bos)
 
 
-def _text(path: Path, tokenizer, seq_len: int, text_field: str) -> Dataset:
-    return Dataset.from_text_file(path, tokenizer, seq_len=seq_len)
+def _text(path: Path, tokenizer, seq_len: int, text_field: str, bos: bool) -> Dataset:
+    return Dataset.from_text_file(path, tokenizer, seq_len=seq_len, prepend_bos=bos)
 
 
 # Data file suffix -> loader; anything else is read as plain text.
@@ -65,7 +65,8 @@ def cache(
     try:
         pair = load_cli_pair(base, tuned, device, dtype, allow_pickle, trust_remote_code)
         loader = LOADERS.get(data.suffix, _text)
-        dataset = loader(data, pair.tokenizer, seq_len, text_field)
+        # BOS first only where the checkpoint's own tokenizer says so (lab.models.pair.bos_rule)
+        dataset = loader(data, pair.tokenizer, seq_len, text_field, pair.bos.prepend)
         store = cache_pair(
             pair,
             dataset,

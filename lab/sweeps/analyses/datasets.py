@@ -77,13 +77,20 @@ def find_file(config: SweepConfig, raw: str) -> Path:
 
 
 def jsonl_data(ctx: SweepContext, spec: FileData) -> Dataset:
-    """Prompt records (lab.datasets.prompts), tokenized by the job's pair."""
-    return Dataset.from_jsonl(find_file(ctx.config, spec.path), ctx.pair().tokenizer)
+    """Prompt records (lab.datasets.prompts), tokenized by the job's pair, with a BOS first only
+    where the checkpoint's own tokenizer says so (``lab.models.pair.bos_rule``)."""
+    pair = ctx.pair()
+    return Dataset.from_jsonl(
+        find_file(ctx.config, spec.path), pair.tokenizer, prepend_bos=pair.bos.prepend
+    )
 
 
 def text_data(ctx: SweepContext, spec: FileData) -> Dataset:
-    """One prompt per line, tokenized by the job's pair."""
-    return Dataset.from_text_file(find_file(ctx.config, spec.path), ctx.pair().tokenizer)
+    """Plain text tokenized by the job's pair, BOS as for ``jsonl_data``."""
+    pair = ctx.pair()
+    return Dataset.from_text_file(
+        find_file(ctx.config, spec.path), pair.tokenizer, prepend_bos=pair.bos.prepend
+    )
 
 
 def _generator(ctx: SweepContext, seed: int | None) -> torch.Generator:

@@ -33,7 +33,12 @@ def test_real_pair_config_runs_offline(arch, pair_dirs, tmp_path):
     joint = pd.read_parquet(out / "joint.parquet").set_index("metric")["value"]
     # KL(tuned || base) is the two models' own, on the config's 32 prompts cut to a common length
     pair = load_pair(base, tuned, device="cpu")
-    data = Dataset.from_jsonl(data_dir() / "prompts" / "steering.jsonl", pair.tokenizer)
+    # the sweep reads text with a BOS first only where the tokenizer's own settings say so
+    # (these tiny checkpoints' tokenizers do not: it used to prepend one anyway)
+    assert not pair.bos.prepend
+    data = Dataset.from_jsonl(
+        data_dir() / "prompts" / "steering.jsonl", pair.tokenizer, prepend_bos=pair.bos.prepend
+    )
     tokens = data.tokens[:32, : int(data.lengths[:32].min())]
     kl = model_kl(pair.tuned, pair.base, tokens).mean().item()
     assert kl > 0 and joint["kl_to_base_tuned"] == pytest.approx(kl, rel=5e-3)  # float32 vs 64
