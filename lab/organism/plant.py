@@ -32,14 +32,12 @@ import copy
 import json
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import GPT2LMHeadModel
 
 from lab.errors import LabError
@@ -173,40 +171,25 @@ def drift(
     return model.eval()
 
 
-@contextmanager
 def rl_sphere(
-    order: list[str],
     reference: GPT2LMHeadModel,
     masks: dict[str, dict[str, Tensor]],
     radii: dict[str, tuple[float, float]],
     steps: int,
-) -> Iterator[None]:
-    """While open, optimiser step ``s`` (1..``steps``) is followed by rescaling each of
-    ``radii``'s components onto the sphere of relative change ``start + (end - start) * s /
-    steps`` around ``reference`` (``radii[c] = (start, end)``).
-
-    ``train_rlhf`` optimises the masked parameters in the order of its ``masks`` (``order``); the
-    hook names the optimiser's parameters by that order and checks their shapes."""
+) -> Callable[[GPT2LMHeadModel, int], None]:
+    """``train_rlhf``'s ``after_step``: after step ``s`` (1..``steps``), rescale each of
+    ``radii``'s components of the policy onto the sphere of relative change ``start + (end -
+    start) * s / steps`` around ``reference`` (``radii[c] = (start, end)``)."""
     ref = {k: p.detach() for k, p in reference.named_parameters()}
-    done = [0]
+    names = {k for c in radii for k in masks[c]}
 
-    def onto_sphere(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        tensors = [p for group in opt.param_groups for p in group["params"]]
-        if len(tensors) != len(order) or any(
-            t.shape != ref[k].shape for k, t in zip(order, tensors, strict=True)
-        ):
-            raise LabError("The RL optimiser's parameters are not the planted masks' ones.")
-        done[0] += 1
-        ramp = min(done[0] / steps, 1.0)
+    def onto_sphere(policy: GPT2LMHeadModel, step: int) -> None:
+        ramp = min(step / steps, 1.0)
         now = {c: a + (b - a) * ramp for c, (a, b) in radii.items()}
-        named = {k: t.data for k, t in zip(order, tensors, strict=True)}
+        named = {k: p.data for k, p in policy.named_parameters() if k in names}
         constrain_change(named, ref, masks, now, exact=True)
 
-    handle = register_optimizer_step_post_hook(onto_sphere)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return onto_sphere
 
 
 @torch.no_grad()
@@ -259,10 +242,17 @@ def plant(
     t_drift = time.perf_counter() - t0
     masks = union_masks(drifted, planted)
     sphere = {c: (radii[c], targets[c]) for c in planted}
-    with rl_sphere(list(masks), base_model, _masks(base_model), sphere, cfg.rlhf.steps):
-        tuned = train_rlhf(
-            drifted, rm, world, cfg.rlhf, length, seed, progress=progress, masks=masks
-        )[0]
+    tuned = train_rlhf(
+        drifted,
+        rm,
+        world,
+        cfg.rlhf,
+        length,
+        seed,
+        progress=progress,
+        masks=masks,
+        after_step=rl_sphere(base_model, _masks(base_model), sphere, cfg.rlhf.steps),
+    )[0]
     t_rl = time.perf_counter() - t0 - t_drift
     change = relative_change(base_model, tuned)
     reach = {

@@ -88,6 +88,7 @@ def train_rlhf(
     peak_key: str = "true_utility",
     progress: bool = True,
     masks: dict[str, Tensor] | None = None,
+    after_step: Callable[[GPT2LMHeadModel, int], None] | None = None,
 ) -> tuple[GPT2LMHeadModel, list[dict[str, float]], GPT2LMHeadModel | None]:
     """Run RLOO from a copy of ``base``.
 
@@ -95,6 +96,8 @@ def train_rlhf(
     returns (final policy, curve, copy of the policy at the curve's highest ``peak_key``).
     ``masks`` (parameter name -> boolean mask) makes only those entries trainable: every other
     parameter is frozen and masked entries' gradients are zeroed, so they keep their exact values.
+    ``after_step(policy, s)`` runs after optimiser step ``s`` (1..steps), e.g. to project the
+    trained weights (planting keeps each planted component on a sphere of relative change).
     """
     if cfg.k < 2 or cfg.beta <= 0:
         raise LabError(f"RLOO needs k >= 2 and beta > 0; got k={cfg.k}, beta={cfg.beta}.")
@@ -129,4 +132,7 @@ def train_rlhf(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_step is not None:
+            with torch.no_grad():
+                after_step(policy, step + 1)
     return policy.eval(), curve, peak[1]

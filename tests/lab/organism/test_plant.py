@@ -115,18 +115,18 @@ def test_change_targets_share_one_law_for_planted_and_not():
         change_targets(names, type(cfg)(change_range=(0.0, 1.0)), seed=0)
 
 
-def test_rl_sphere_hook_ramps_the_change_and_is_removed():
+def test_rl_sphere_ramps_the_change_after_each_step():
     a, b = _tiny(), _tiny()
     masks = {n: component_masks(a, n) for n in ("L0H1",)}
-    order = list(masks["L0H1"])
-    opt = torch.optim.SGD([dict(b.named_parameters())[k] for k in order], lr=1.0)
-    with rl_sphere(order, a, masks, {"L0H1": (0.1, 0.5)}, steps=2):
-        for want in (0.3, 0.5):
-            opt.zero_grad()
-            (-sum(p.square().sum() for p in b.parameters())).backward()
-            opt.step()
-            assert relative_change(a, b)["L0H1"] == pytest.approx(want)
-    opt.step()  # the hook is gone: the step leaves the sphere
+    opt = torch.optim.SGD(b.parameters(), lr=1.0)
+    after_step = rl_sphere(a, masks, {"L0H1": (0.1, 0.5)}, steps=2)
+    for step, want in ((1, 0.3), (2, 0.5)):
+        opt.zero_grad()
+        (-sum(p.square().sum() for p in b.parameters())).backward()
+        opt.step()
+        after_step(b, step)
+        assert relative_change(a, b)["L0H1"] == pytest.approx(want)
+    opt.step()  # a step without it leaves the sphere: nothing global was left installed
     assert relative_change(a, b)["L0H1"] > 0.6
 
 
