@@ -29,6 +29,8 @@ The optimal objective is ``beta * log Z(BOS)`` = beta log E_world[exp(U / beta)]
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -97,10 +99,9 @@ class PiStar:
         return soft.masked_fill(torch.isinf(log_p), -torch.inf)
 
     # ---- public API --------------------------------------------------------------------------
-    def soft_values(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
-        """Exact Q*(prefix, x) = r + beta log E_world[exp(U_future / beta) | prefix, x] for every
-        next token x at every position before the last word (as ``next_token_logprobs``); -inf
-        for tokens the world never emits there (BOS)."""
+    def _per_prefix(self, tokens: Tensor, at: Callable[[Tensor, Tensor, int], Tensor]) -> Tensor:
+        """``at(log belief, labeler state, words left)`` after each prefix of ``tokens`` that has
+        words left to write (pos <= length), stacked along dim 1."""
         tokens = self.world.check_tokens(tokens)
         if tokens.shape[1] > self.length + 1:
             raise LabError(f"pi* covers {self.length} words; got {tokens.shape[1] - 1}.")
@@ -112,27 +113,20 @@ class PiStar:
             if t > 0:
                 _, _, log_b = self.world.step(log_b, tokens[:, t])
                 e = nxt[e, tokens[:, t]]
-            out.append(self.beta * self._soft(log_b, e, self.length - t))
+            out.append(at(log_b, e, self.length - t))
         return torch.stack(out, 1)
+
+    def soft_values(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
+        """Exact Q*(prefix, x) = r + beta log E_world[exp(U_future / beta) | prefix, x] for every
+        next token x at every position before the last word (as ``next_token_logprobs``); -inf
+        for tokens the world never emits there (BOS)."""
+        return self._per_prefix(tokens, lambda b, e, n: self.beta * self._soft(b, e, n))
 
     def next_token_logprobs(
         self, tokens: Int[Tensor, "batch pos"]
     ) -> Float[Tensor, "batch pos vocab"]:
         """log pi*(next token | prefix) at every position before the last word (pos <= length)."""
-        tokens = self.world.check_tokens(tokens)
-        if tokens.shape[1] > self.length + 1:
-            raise LabError(f"pi* covers {self.length} words; got {tokens.shape[1] - 1}.")
-        log_b = self.world.initial_log_belief(tokens.shape[0])
-        _, nxt = self.labeler.tables()
-        e = torch.full((tokens.shape[0],), self.labeler.initial_state, dtype=torch.long)
-        out = []
-        for t in range(tokens.shape[1]):
-            if t > 0:
-                _, _, log_b = self.world.step(log_b, tokens[:, t])
-                e = nxt[e, tokens[:, t]]
-            if t < self.length:
-                out.append(self._next(log_b, e, self.length - t)[0])
-        return torch.stack(out, 1)
+        return self._per_prefix(tokens, lambda b, e, n: self._next(b, e, n)[0])
 
     def log_z(self, prompts: Int[Tensor, "batch prompt"]) -> Float[Tensor, " batch"]:
         """log E_world[exp(U(continuation) / beta) | prompt] for each prompt."""
