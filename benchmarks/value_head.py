@@ -9,13 +9,15 @@ On the shipped organism (issue 17, items 1, 2 and 4; ``probes.value``):
   constant does not change pi_Q), per beta of the grid;
 - ``oracle``: the value-guided sampler with the best layer's head, at every grid beta and at two
   betas between grid points (interpolated), side by side with pi* itself (the exact optimum, the
-  anchor): KL(pi_Q || pi*) per token, true utility and KL to the base of both;
+  anchor): KL(pi_Q || pi*) per token, true utility and KL to the base of both; the head fitted by
+  ridge on Q* (``objective="ridge"``) and the same head refined to minimise CE(pi*, pi_Q)
+  (``objective="kl"``, columns ``kl_fit_*``) side by side;
 - ``practitioner``: the same sampler with a head fitted from the reward model and base samples
   only (fitted soft-Bellman iteration), its true utility, KL to the base and reward-model score;
 - ``read``: the value head's wedding direction against the RLHF model's residual shift (cosine)
   and each top migration-map component's share of the shift along it;
-- ``cpu_s``: CPU seconds of the oracle fit (with the R² at every layer), of the practitioner fit
-  and of decoding one beta.
+- ``cpu_s``: CPU seconds of the oracle fit (with the R² at every layer), of the KL refinement, of
+  the practitioner fit and of decoding one beta.
 
 ``--quick`` uses 128 sequences per source where the full run uses 512.
 """
@@ -83,15 +85,26 @@ def main() -> None:
     best = int(r2.groupby("layer").r2.mean().idxmax())
     head = fit_q_head(base, tokens, values, best, betas=BETAS)
     cpu = {"oracle_fit": round(time.process_time() - t0, 1)}
+    t1 = time.process_time()
+    star_lp = torch.stack(
+        [organism.PiStar(org.world, org.labeler, b, org.length).next_token_logprobs(tokens)
+         for b in BETAS], 2,
+    )  # fmt: skip
+    kl_head = fit_q_head(
+        base, tokens, values, best, betas=BETAS, objective="kl", target_logprobs=star_lp
+    )
+    cpu["kl_fit"] = round(time.process_time() - t1, 1)
     prompts = org.world.draw(n, org.prompt_words, torch.Generator().manual_seed(7))[0]
     oracle = []
     for beta in sorted((*BETAS, *BETWEEN)):
         t1 = time.process_time()
         q = _measure(org, guided_policy(base, head, beta), prompts, beta)
         cpu.setdefault("decode_one_beta", round(time.process_time() - t1, 1))
+        k = _measure(org, guided_policy(base, kl_head, beta), prompts, beta)
         star = _measure(org, as_policy(organism.PiStar(org.world, org.labeler, beta, org.length)),
                         prompts, beta)  # fmt: skip
         oracle.append({"beta": beta, "on_grid": beta in BETAS, **q,
+                       **{f"kl_fit_{key}": v for key, v in k.items()},
                        "pi_star_true_utility": star["true_utility"],
                        "pi_star_kl_to_base": star["kl_to_base"]})  # fmt: skip
     t1 = time.process_time()
@@ -114,6 +127,7 @@ def main() -> None:
         "best_layer": best,
         "oracle": oracle,
         "oracle_beta_within_0.05": [r["beta"] for r in oracle if r["kl_to_pi_star"] <= 0.05],
+        "kl_fit_beta_within_0.05": [r["beta"] for r in oracle if r["kl_fit_kl_to_pi_star"] <= 0.05],
         "practitioner": practitioner,
         "read": read.round(4).to_dict("records"),
         "cpu_s": cpu,

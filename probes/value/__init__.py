@@ -9,6 +9,10 @@ Quick tour::
     tokens = oracle_tokens(org.world, org.labeler, 256, org.length, org.prompt_words, betas)
     values = oracle_values(org.world, org.labeler, tokens, betas, org.length)   # exact Q*
     head = fit_q_head(base, tokens, values, layer=2, betas=betas)
+    # or fitted so that the sampler matches pi* (KL objective; needs log pi*, oracle only)
+    star = torch.stack([PiStar(org.world, org.labeler, b, org.length).next_token_logprobs(tokens)
+                        for b in betas], 2)
+    head = fit_q_head(base, tokens, values, 2, betas=betas, objective="kl", target_logprobs=star)
     q_head_r2(base, tokens, values, betas=betas)                # R² by layer (centred Q*)
     policy = guided_policy(base, head, beta=0.2)                # any beta in the grid's range
     policy.sample(prompts, org.length, generator)
@@ -19,7 +23,7 @@ Quick tour::
     head = fit_practitioner_head(base, org.reward_model, samples, betas, start=org.prompt_words + 1)
 """
 
-from probes.value.fit import centre, fit_observed, fit_q_head, head_r2, q_head_r2
+from probes.value.fit import OBJECTIVES, centre, fit_observed, fit_q_head, head_r2, q_head_r2
 from probes.value.guided import MASS_WARNING, TopKMassWarning, guided_logprobs, guided_policy
 from probes.value.head import QHead, check_beta
 from probes.value.oracle import oracle_tokens, oracle_values
@@ -37,6 +41,7 @@ from probes.value.steer import (
 
 __all__ = [
     "MASS_WARNING",
+    "OBJECTIVES",
     "QHead",
     "Reward",
     "TopKMassWarning",

@@ -15,6 +15,16 @@ Two layouts:
 
 The ridge penalty is chosen on held-out sequences (the last ``held_out`` share) from a grid
 relative to the features' scale, then the head is refitted on every sequence.
+
+``objective`` (registry ``OBJECTIVES``) says what the head minimises:
+
+- ``"ridge"`` (default): the squared error above, dense or sparse targets;
+- ``"kl"`` (dense oracle targets only): the ridge head, then refined per beta to minimise the
+  cross-entropy of pi* against the sampler pi_Q ∝ p_base exp(Q / beta) (``probes.value.kl_fit``).
+  It needs the exact ``target_logprobs`` (log pi*, e.g. ``PiStar.next_token_logprobs``). Same
+  head, same parameters; on the shipped organism it cuts the sampler's KL to pi* several-fold at
+  small beta, where the squared error spends capacity on tokens pi* never picks and its errors
+  are divided by beta (``benchmarks/value_head.py``).
 R² (``q_head_r2``, ``head_r2``) is of Q centred per prefix over the emitted tokens (targets and
 predictions both), pooled over prefixes and tokens, one value per beta, on held-out sequences.
 """
@@ -30,6 +40,7 @@ from torch import Tensor
 from lab.errors import LabError
 from probes.linear.solvers import fit_ridge
 from probes.value.head import QHead
+from probes.value.kl_fit import fit_kl
 from probes.value.residual import (
     fingerprint,
     logprobs_and_residual,
@@ -38,7 +49,7 @@ from probes.value.residual import (
     signature,
 )
 
-__all__ = ["centre", "fit_observed", "fit_q_head", "head_r2", "q_head_r2"]
+__all__ = ["OBJECTIVES", "centre", "fit_observed", "fit_q_head", "head_r2", "q_head_r2"]
 
 ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # ridge penalties, times trace(X^T X) / d
 _MIN_ROWS = 8  # a token column observed on fewer rows (or d_model) keeps the pooled map ...
@@ -162,6 +173,32 @@ def _check(tokens: Tensor, values: Tensor, betas: tuple[float, ...], mask: Tenso
         raise LabError(f"mask must be (batch, pos, vocab); got {tuple(mask.shape)}.")
 
 
+def _as_is(w: Tensor, b: Tensor, **_: object) -> tuple[Tensor, Tensor]:
+    return w, b
+
+
+def _kl(w: Tensor, b: Tensor, *, x, logp, target, betas, **_: object) -> tuple[Tensor, Tensor]:
+    keep = torch.isfinite(b).all(0)  # tokens ever emitted (the others keep bias -inf)
+    return fit_kl(x, logp, target, w, b, betas, keep)
+
+
+OBJECTIVES = {"ridge": _as_is, "kl": _kl}  # what refines the ridge head (see the docstring)
+
+
+def _check_objective(objective: str, values: Tensor, target: Tensor | None, mask) -> None:
+    if objective not in OBJECTIVES:
+        raise LabError(f"Unknown Q-head objective {objective!r}; pick one of {sorted(OBJECTIVES)}.")
+    if objective != "kl":
+        return
+    if mask is not None:
+        raise LabError("objective='kl' needs dense oracle targets; drop the mask or use 'ridge'.")
+    if target is None or target.shape != values.shape:
+        raise LabError(
+            f"objective='kl' needs target_logprobs (log pi*) shaped like values "
+            f"{tuple(values.shape)}; got {None if target is None else tuple(target.shape)}."
+        )
+
+
 def fit_q_head(
     model: torch.nn.Module,
     tokens: Int[Tensor, "batch pos"],
@@ -171,15 +208,22 @@ def fit_q_head(
     betas: tuple[float, ...],
     mask: Bool[Tensor, "batch pos vocab"] | None = None,
     held_out: float = 0.2,
+    objective: str = "ridge",
+    target_logprobs: Float[Tensor, "batch pos beta vocab"] | None = None,
 ) -> QHead:
     """A Q head from ``model``'s residual at ``layer`` to ``values`` (the targets of prefix
-    ``tokens[:, :t + 1]`` at position t), for the grid ``betas``."""
+    ``tokens[:, :t + 1]`` at position t), for the grid ``betas``, fitted by ``objective``
+    (``"ridge"`` or ``"kl"``, which needs ``target_logprobs`` = log pi*: see the module
+    docstring)."""
     betas = tuple(float(b) for b in betas)
     _check(tokens, values, betas, mask)
+    _check_objective(objective, values, target_logprobs, mask)
     pos = values.shape[1]
-    _, resid = logprobs_and_residual(model, tokens, layer)
+    logp, resid = logprobs_and_residual(model, tokens, layer)
     x, y = _rows(resid[:, :pos]), _rows(values.double())
     w, b = _fit(x, y, None if mask is None else _rows(mask), _split(len(tokens), pos, held_out))
+    target = None if target_logprobs is None else _rows(target_logprobs)
+    w, b = OBJECTIVES[objective](w, b, x=x, logp=_rows(logp[:, :pos]), target=target, betas=betas)
     return QHead(
         layer=layer,
         betas=betas,
